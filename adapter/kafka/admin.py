@@ -1,0 +1,192 @@
+"""Topic administration and group offsets through confluent's ``AdminClient``.
+
+``ensure_topics`` creates missing topics with their expected settings and, for
+existing ones, reports what differs (it does not silently rewrite an operator's
+changes; ``alter=True`` applies the expected configs). ``describe_topics`` returns what
+exists so the CLI can print it; secrets never appear there because topic configs hold
+none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException
+from confluent_kafka import TopicPartition as _TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
+
+from adapter.config import KafkaSettings
+from adapter.errors import KafkaIOError
+
+__all__ = ["Admin", "ExpectedTopic", "TopicState"]
+
+logger = logging.getLogger(__name__)
+
+
+class ExpectedTopic(Protocol):
+    """What ``ensure_topics`` needs to know of a topic (``topics.TopicSpec`` fits)."""
+
+    @property
+    def name(self) -> str: ...  # noqa: D102
+    @property
+    def partitions(self) -> int: ...  # noqa: D102
+    @property
+    def config(self) -> Mapping[str, str]: ...  # noqa: D102
+
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    """A topic as the broker has it: partition count and the configs we care about."""
+
+    name: str
+    exists: bool
+    partitions: int
+    config: Mapping[str, str]
+
+
+def _error(exc: BaseException, what: str) -> KafkaIOError:
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError):
+        return KafkaIOError(
+            f"{what}: {err.str()}", code=err.name(), retriable=err.retriable()
+        )
+    return KafkaIOError(f"{what}: {exc}")
+
+
+class Admin:
+    """Wraps ``AdminClient``.
+
+    Args:
+        settings: how to reach the cluster.
+        timeout_s: how long each admin request may take.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, timeout_s: float = 30.0) -> None:
+        self._timeout_s = timeout_s
+        try:
+            self._client = AdminClient(dict(settings.to_librdkafka()))
+        except KafkaException as exc:
+            raise _error(exc, "cannot create Kafka admin client") from exc
+
+    def cluster_id(self) -> str:
+        """The cluster's ID; also proves the broker answers metadata requests."""
+        try:
+            meta = self._client.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise _error(exc, "broker did not answer a metadata request") from exc
+        return str(meta.cluster_id)
+
+    def describe_topics(self, names: Sequence[str]) -> dict[str, TopicState]:
+        """Partition count and every config of each named topic (missing ones too)."""
+        try:
+            meta = self._client.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise _error(exc, "cannot list topics") from exc
+        states: dict[str, TopicState] = {}
+        present = [
+            n for n in names if n in meta.topics and meta.topics[n].error is None
+        ]
+        configs: dict[str, dict[str, str]] = {}
+        if present:
+            futures = self._client.describe_configs(
+                [ConfigResource(ConfigResource.Type.TOPIC, n) for n in present],
+                request_timeout=self._timeout_s,
+            )
+            for resource, future in futures.items():
+                try:
+                    entries = future.result(timeout=self._timeout_s)
+                except KafkaException as exc:
+                    raise _error(exc, f"cannot describe {resource.name}") from exc
+                configs[resource.name] = {
+                    k: str(v.value) for k, v in entries.items() if v.value is not None
+                }
+        for name in names:
+            if name in configs:
+                states[name] = TopicState(
+                    name, True, len(meta.topics[name].partitions), configs[name]
+                )
+            else:
+                states[name] = TopicState(name, False, 0, {})
+        return states
+
+    def create_topics(self, topics: Sequence[ExpectedTopic]) -> list[str]:
+        """Create the given topics; returns the names created (existing ones are skipped)."""
+        if not topics:
+            return []
+        new = [
+            NewTopic(t.name, num_partitions=t.partitions, config=dict(t.config))
+            for t in topics
+        ]
+        futures = self._client.create_topics(new, request_timeout=self._timeout_s)
+        created = []
+        for name, future in futures.items():
+            try:
+                future.result(timeout=self._timeout_s)
+                created.append(name)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if (
+                    isinstance(err, KafkaError)
+                    and err.code() == KafkaError.TOPIC_ALREADY_EXISTS
+                ):
+                    continue
+                raise _error(exc, f"cannot create topic {name}") from exc
+        return created
+
+    def alter_configs(self, name: str, config: Mapping[str, str]) -> None:
+        """Set these configs on a topic (incrementally; others stay as they are)."""
+        resource = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in config.items()
+            ],
+        )
+        futures = self._client.incremental_alter_configs([resource])
+        for future in futures.values():
+            try:
+                future.result(timeout=self._timeout_s)
+            except KafkaException as exc:
+                raise _error(exc, f"cannot alter configs of {name}") from exc
+
+    def group_offsets(
+        self, group_id: str
+    ) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """A group's committed ``(offset, metadata)`` per ``(topic, partition)``.
+
+        Works whether or not the group's members are running.
+        """
+        request = [ConsumerGroupTopicPartitions(group_id)]
+        futures = self._client.list_consumer_group_offsets(
+            request, request_timeout=self._timeout_s
+        )
+        out: dict[tuple[str, int], tuple[int, str | None]] = {}
+        for future in futures.values():
+            try:
+                result = future.result(timeout=self._timeout_s)
+            except KafkaException as exc:
+                raise _error(exc, f"cannot list offsets of group {group_id}") from exc
+            tp: _TopicPartition
+            for tp in result.topic_partitions or []:
+                if tp.offset >= 0:
+                    out[(tp.topic, tp.partition)] = (tp.offset, tp.metadata or None)
+        return out
+
+    def list_groups(self) -> list[str]:
+        """Every consumer group ID the cluster knows."""
+        future = self._client.list_consumer_groups(request_timeout=self._timeout_s)
+        try:
+            result = future.result(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise _error(exc, "cannot list consumer groups") from exc
+        return sorted(g.group_id for g in result.valid or [] if g.group_id)

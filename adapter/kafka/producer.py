@@ -1,0 +1,211 @@
+"""A confluent ``Producer`` that never loses a failure.
+
+Defaults chosen here: ``enable.idempotence=true`` (which implies ``acks=all`` and
+ordered retries per partition), ``linger.ms=5``, lz4 compression. Every delivery report
+is checked: the first failure is kept and raised as :class:`DeliveryError` from the
+next ``produce``, ``check`` or ``flush`` call, so a caller can never carry on as if a
+record had been written. Fatal client errors (idempotence broken, authentication
+failed) are raised the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Producer as _ConfluentProducer
+
+from adapter.config import KafkaSettings
+from adapter.errors import DeliveryError, KafkaIOError
+from adapter.metrics import Metrics
+
+__all__ = ["DEFAULT_PRODUCER_CONFIG", "Delivered", "Producer"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRODUCER_CONFIG: Mapping[str, str] = {
+    "enable.idempotence": "true",
+    "acks": "all",
+    "linger.ms": "5",
+    "compression.type": "lz4",
+    # A record that cannot be delivered within this time fails loudly.
+    "message.timeout.ms": "120000",
+}
+
+# Client-level errors that mean "this will not get better by waiting".
+_FATAL_CLIENT_ERRORS = {
+    KafkaError._AUTHENTICATION,  # noqa: SLF001 (librdkafka's names for local errors)
+    KafkaError._SSL,  # noqa: SLF001
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Where the broker put an acknowledged record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+DeliveryCallback = Callable[[DeliveryError | None, Delivered | None], None]
+
+
+class Producer:
+    """Wraps ``confluent_kafka.Producer``; the client is created on first use.
+
+    Args:
+        settings: how to reach the cluster.
+        client_id: shown in broker logs and metrics.
+        extra: more librdkafka properties, applied after the defaults and before the
+            settings' own ``-X`` overrides.
+        metrics: where to count records out and delivery failures.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        client_id: str = "synkafka",
+        extra: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        conf: dict[str, str] = {"client.id": client_id, **DEFAULT_PRODUCER_CONFIG}
+        conf.update(extra or {})
+        conf.update(settings.to_librdkafka())
+        self._conf = conf
+        self._metrics = metrics
+        self._client: _ConfluentProducer | None = None
+        self._failure: KafkaIOError | None = None
+        self.acknowledged = 0
+
+    @property
+    def client(self) -> _ConfluentProducer:
+        """The underlying confluent producer (created lazily)."""
+        if self._client is None:
+            conf: dict[str, object] = dict(self._conf)
+            conf["error_cb"] = self._on_client_error
+            try:
+                self._client = _ConfluentProducer(conf)
+            except KafkaException as exc:
+                raise KafkaIOError(f"cannot create Kafka producer: {exc}") from exc
+        return self._client
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.fatal() or error.code() in _FATAL_CLIENT_ERRORS:
+            if self._failure is None:
+                self._failure = KafkaIOError(
+                    f"Kafka producer failed: {error.str()}", code=error.name()
+                )
+            logger.error("Kafka producer error: %s", error.str())
+        else:
+            # Transient (broker down, connection refused): librdkafka retries.
+            logger.warning("Kafka producer: %s", error.str())
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        on_delivery: DeliveryCallback | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        """Queue one record; wait for queue space up to ``timeout_s``.
+
+        Raises:
+            DeliveryError: an earlier record failed, or the queue stayed full.
+            KafkaIOError: the client hit a fatal error.
+        """
+        self.check()
+        metrics = self._metrics
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failure = DeliveryError(
+                    f"record to {topic} not delivered: {err.str()}",
+                    code=err.name(),
+                    retriable=err.retriable(),
+                )
+                if self._failure is None:
+                    self._failure = failure
+                if metrics is not None:
+                    metrics.delivery_failures.labels(topic).inc()
+                if on_delivery is not None:
+                    on_delivery(failure, None)
+                return
+            self.acknowledged += 1
+            if metrics is not None:
+                metrics.records_out.labels(topic).inc()
+            if on_delivery is not None:
+                on_delivery(
+                    None, Delivered(topic, msg.partition() or 0, msg.offset() or 0)
+                )
+
+        client = self.client
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.produce(
+                    topic, value, key, headers=list(headers) or None, on_delivery=report
+                )
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports to make room.
+                if time.monotonic() > deadline:
+                    raise DeliveryError(
+                        f"producer queue full for {timeout_s:.0f} s; is the broker reachable?",
+                        retriable=True,
+                    ) from None
+                client.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                code = err.name() if isinstance(err, KafkaError) else ""
+                raise DeliveryError(
+                    f"cannot produce to {topic}: {exc}", code=code
+                ) from exc
+        client.poll(0)
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery reports; returns how many were served."""
+        return self.client.poll(timeout_s)
+
+    def check(self) -> None:
+        """Raise the first failure seen so far, if any.
+
+        Raises:
+            KafkaIOError: a delivery or client failure happened.
+        """
+        if self._failure is not None:
+            raise self._failure
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every queued record is acknowledged.
+
+        Raises:
+            DeliveryError: a record failed, or some were still unacknowledged at the
+                deadline.
+        """
+        if self._client is None:
+            return
+        remaining = self._client.flush(timeout_s)
+        self.check()
+        if remaining:
+            raise DeliveryError(
+                f"{remaining} records not acknowledged within {timeout_s:.0f} s",
+                retriable=True,
+            )
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush and drop the client (librdkafka closes it when collected)."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._client = None
