@@ -13,15 +13,23 @@ Tests build ``Metrics(CollectorRegistry())`` and read values with
 from __future__ import annotations
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
+    generate_latest,
 )
 
-__all__ = ["LATENCY_BUCKETS_S", "Metrics", "default_metrics"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "CollectorRegistry",
+    "Metrics",
+    "default_metrics",
+    "render_latest",
+]
 
 # Handler and lag latencies of interest run from sub-millisecond (a handler that
 # touches one row) to tens of seconds (a stalled bridge).
@@ -265,3 +273,18 @@ def default_metrics() -> Metrics:
     Call it once, where the process is built (the CLI).
     """
     return Metrics(REGISTRY)
+
+
+def render_latest(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The registry's samples in Prometheus' text exposition format.
+
+    The health server (:mod:`adapter.runtime.health`) serves this on ``/metrics``;
+    it lives here so that prometheus_client stays confined to this module.
+
+    Args:
+        registry: the registry to render, usually ``Metrics.registry``.
+
+    Returns:
+        The body and its ``Content-Type`` header value.
+    """
+    return generate_latest(registry), CONTENT_TYPE_LATEST
