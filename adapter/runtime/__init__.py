@@ -1,0 +1,1 @@
+"""The shell: processes that wire the core to Kafka, the database and Redis."""
