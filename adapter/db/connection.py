@@ -10,6 +10,9 @@ the rest of ``adapter.db`` never sees a driver type:
   failures, and false for mistakes such as a missing table.
 * Both engines run in autocommit mode. Multi-statement writes use
   :meth:`DbConnection.transaction`.
+* psycopg's automatic server-side prepared statements are off: the backfill pages
+  re-run one query with new bounds, and PostgreSQL's generic plan for it measured
+  about 40% slower than planning each page with its real bounds.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ class DbConnection:
     ) -> DbConnection:
         """Wrap an already open psycopg 3 or sqlite3 connection.
 
-        The connection is switched to autocommit, which the sources rely on.
+        The connection is switched to autocommit, which the sources rely on (and, for
+        psycopg, to no automatic prepared statements; see the module docstring).
 
         Args:
             raw: the driver connection.
@@ -105,6 +109,7 @@ class DbConnection:
             raw.isolation_level = None
             return cls(raw, "sqlite")
         raw.autocommit = True
+        raw.prepare_threshold = None
         return cls(raw, "postgresql")
 
     @property
@@ -272,7 +277,10 @@ def connect(dsn: str | Path, *, connect_timeout_s: float = 10.0) -> DbConnection
     if text.startswith(_PG_SCHEMES):
         with _translated("cannot connect to PostgreSQL"):
             raw = psycopg.connect(
-                text, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))
+                text,
+                autocommit=True,
+                prepare_threshold=None,
+                connect_timeout=max(1, round(connect_timeout_s)),
             )
         return DbConnection(raw, "postgresql")
     if "://" in text and not text.startswith(_SQLITE_SCHEME):

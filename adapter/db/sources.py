@@ -59,9 +59,11 @@ consumer follows them live only.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -101,8 +103,8 @@ WireRow: TypeAlias = list[Any]
 TokenRow: TypeAlias = tuple[int, WireRow]
 """A wire row with its stream token."""
 
-DEFAULT_PAGE_SIZE = 5000
-"""Rows per page for :func:`iter_pages`: large enough to amortise a round trip."""
+DEFAULT_PAGE_SIZE = 20_000
+"""Rows per page for :func:`iter_pages`: amortises the per-query cost (a few MB)."""
 
 DEFAULT_WRITER = "master"
 """The writer that owns rows whose ``instance_name`` is NULL (Synapse's main process)."""
@@ -183,27 +185,40 @@ class StreamSource(Protocol):
 _Raw: TypeAlias = list[tuple[Any, ...]]
 
 
-def _writer_predicate(column: str) -> str:
+def _writer_predicate(column: str, *, default_writer: bool) -> str:
     # NULL instance names predate multi-writer support: the main process wrote them.
-    return f"COALESCE({column}, '{DEFAULT_WRITER}') = ?"
+    # Plain comparisons (no COALESCE) keep the planner's row estimates right, which
+    # decides between an ordered index scan and "join everything, then sort".
+    if default_writer:
+        return f"({column} = ? OR {column} IS NULL)"
+    return f"{column} = ?"
+
+
+_BASE_MARKER = "{base}"
 
 
 @dataclass(frozen=True, slots=True)
 class TableQuery:
     """One SELECT of a stream: its rows between two tokens, as wire rows.
 
-    The SELECT's first column must be the token column; :attr:`build` turns a result
-    tuple into the wire row. The WHERE, ORDER BY and LIMIT clauses are added here.
+    The SELECT's first column must be the token; :attr:`build` turns a result tuple
+    into the wire row. The WHERE, ORDER BY and LIMIT clauses are added here.
 
     Attributes:
         select: ``SELECT <token>, ... FROM ... [JOIN ...]``, with no WHERE clause.
+            With :attr:`base`, the FROM clause says ``{base}`` where the base table
+            goes.
         id_column: the (qualified) stream id column, for example ``e.stream_ordering``.
         build: result tuple -> wire row (the token, column 0, is not part of it).
-        instance_column: the writer column, or ``None`` if the table has none.
+        instance_column: the (qualified) writer column, or ``None`` if there is none.
         tiebreak: extra ORDER BY columns after the token, for a fixed order of rows
             that share a token (for example ``"room_id, type, state_key"``).
         unique_tokens: the token column is unique, so pages need no whole-token trim.
         negative: ids are stored negated (backfill); the SELECT must return ``-id``.
+        base: ``"<table> AS <alias>"`` when every join is a 1:1 LEFT JOIN: the page
+            is then cut from the base table first (a sub-select with the LIMIT) and
+            only that page is joined, so a page costs O(limit) however far the range
+            reaches.
         build_many: optional fast path turning all result tuples of a page into
             ``(token, wire_row)`` pairs at once (used for events).
     """
@@ -215,10 +230,23 @@ class TableQuery:
     tiebreak: str = ""
     unique_tokens: bool = False
     negative: bool = False
+    base: str = ""
     build_many: Callable[[_Raw], list[TokenRow]] | None = None
 
-    def range_sql(self, *, per_writer: bool) -> str:
-        """The paged query: placeholders are (low, high[, writer], limit)."""
+    def __post_init__(self) -> None:
+        if bool(self.base) != (_BASE_MARKER in self.select):
+            raise ConfigError(
+                "TableQuery: use base together with a {base} marker in select"
+            )
+
+    def range_sql(self, *, per_writer: bool, default_writer: bool = False) -> str:
+        """The paged query: placeholders are (low, high[, writer], limit).
+
+        Args:
+            per_writer: add the writer filter.
+            default_writer: the writer is :data:`DEFAULT_WRITER`, which also owns
+                rows without an instance name.
+        """
         tok = self.id_column
         # Negative ids: wire (from, to] is stored [-to, -from); reading the stored ids
         # descending yields wire tokens ascending.
@@ -228,12 +256,22 @@ class TableQuery:
             else f"? < {tok} AND {tok} <= ?"
         )
         direction = " DESC" if self.negative else ""
-        return f"{self.select} WHERE {bounds}{self._writer_clause(per_writer)} ORDER BY {tok}{direction}{self._tiebreak()} LIMIT ?"
+        where = f" WHERE {bounds}{self._writer_clause(per_writer, default_writer)}"
+        order = f" ORDER BY {tok}{direction}{self._tiebreak()}"
+        if not self.base:
+            return f"{self.select}{where}{order} LIMIT ?"
+        alias = self.base.split()[-1]
+        page = f"(SELECT * FROM {self.base}{where}{order} LIMIT ?) AS {alias}"  # noqa: S608
+        # No outer ORDER BY: the joins may reorder the page, and sorting it in Python
+        # (Timsort, on data that is nearly always already in order) is cheaper than
+        # a server-side sort per page. See _read_part.
+        return self.select.replace(_BASE_MARKER, page)
 
-    def token_sql(self, *, per_writer: bool) -> str:
+    def token_sql(self, *, per_writer: bool, default_writer: bool = False) -> str:
         """All rows of one stored token: placeholders are (token[, writer])."""
         order = f" ORDER BY {self.tiebreak}" if self.tiebreak else ""
-        return f"{self.select} WHERE {self.id_column} = ?{self._writer_clause(per_writer)}{order}"
+        select = self.select.replace(_BASE_MARKER, self.base)
+        return f"{select} WHERE {self.id_column} = ?{self._writer_clause(per_writer, default_writer)}{order}"
 
     def to_rows(self, raw: _Raw) -> list[TokenRow]:
         """Turn result tuples into ``(token, wire_row)`` pairs."""
@@ -242,10 +280,12 @@ class TableQuery:
         build = self.build
         return [(r[0], build(r)) for r in raw]
 
-    def _writer_clause(self, per_writer: bool) -> str:
+    def _writer_clause(self, per_writer: bool, default_writer: bool) -> str:
         if not per_writer or self.instance_column is None:
             return ""
-        return " AND " + _writer_predicate(self.instance_column)
+        return " AND " + _writer_predicate(
+            self.instance_column, default_writer=default_writer
+        )
 
     def _tiebreak(self) -> str:
         return f", {self.tiebreak}" if self.tiebreak else ""
@@ -261,10 +301,28 @@ class _Part:
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
+    """A query with its SQL text built once per writer kind."""
+
     query: TableQuery
-    range_sql: str
-    token_sql: str
     filtered: bool
+    # (range_sql, token_sql) for writer == DEFAULT_WRITER and for any other writer.
+    for_default: tuple[str, str]
+    for_other: tuple[str, str]
+
+    @classmethod
+    def of(cls, query: TableQuery, per_writer: bool) -> _Prepared:
+        def texts(default: bool) -> tuple[str, str]:
+            return (
+                query.range_sql(per_writer=per_writer, default_writer=default),
+                query.token_sql(per_writer=per_writer, default_writer=default),
+            )
+
+        return cls(
+            query,
+            per_writer and query.instance_column is not None,
+            texts(True),
+            texts(False),
+        )
 
 
 def _read_part(
@@ -272,8 +330,11 @@ def _read_part(
 ) -> _Part:
     """Read one query's rows in ``(lo, hi]``, trimmed to whole tokens when limited."""
     w: tuple[str, ...] = (writer,) if q.filtered else ()
+    range_sql, token_sql = q.for_default if writer == DEFAULT_WRITER else q.for_other
     params = (-hi, -lo, *w, limit) if q.query.negative else (lo, hi, *w, limit)
-    raw = conn.fetchall(q.range_sql, params)
+    raw = conn.fetchall(range_sql, params)
+    if q.query.base:
+        raw.sort(key=itemgetter(0))
     if len(raw) < limit:
         return _Part(raw, hi)
     last: int = raw[-1][0]
@@ -288,7 +349,7 @@ def _read_part(
         return _Part(raw[:first_of_last], last - 1)
     # Every row of the page shares one token: take that whole token, however large.
     stored = -last if q.query.negative else last
-    return _Part(conn.fetchall(q.token_sql, (stored, *w)), last)
+    return _Part(conn.fetchall(token_sql, (stored, *w)), last)
 
 
 class SqlStreamSource:
@@ -315,15 +376,7 @@ class SqlStreamSource:
         self.name = name
         self.per_writer = per_writer
         self.id_generator = id_generator
-        self._queries = tuple(
-            _Prepared(
-                q,
-                q.range_sql(per_writer=per_writer),
-                q.token_sql(per_writer=per_writer),
-                per_writer and q.instance_column is not None,
-            )
-            for q in queries
-        )
+        self._queries = tuple(_Prepared.of(q, per_writer) for q in queries)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, per_writer={self.per_writer})"
@@ -340,14 +393,12 @@ class SqlStreamSource:
         _check_limit(limit)
         if from_token >= to_token:
             return RowsPage([], to_token, False)
-        parts = [
-            _read_part(conn, q, writer, from_token, to_token, limit)
-            for q in self._queries
-        ]
-        upto = min(part.upto for part in parts)
-        if len(parts) == 1:
-            rows = self._queries[0].query.to_rows(parts[0].rows)
-        else:
+        with _gc_paused():
+            parts = [
+                _read_part(conn, q, writer, from_token, to_token, limit)
+                for q in self._queries
+            ]
+            upto = min(part.upto for part in parts)
             built = [
                 q.query.to_rows(
                     part.rows
@@ -356,10 +407,14 @@ class SqlStreamSource:
                 )
                 for q, part in zip(self._queries, parts, strict=True)
             ]
-            # heapq.merge is stable across its inputs, so rows of one token keep the
-            # order of the queries.
-            rows = list(heapq.merge(*built, key=itemgetter(0)))
-        return RowsPage(self._post_process(rows), upto, upto < to_token)
+            nonempty = [b for b in built if b]
+            if len(nonempty) <= 1:
+                rows = nonempty[0] if nonempty else []
+            else:
+                # heapq.merge is stable across its inputs, so rows of one token keep
+                # the order of the queries.
+                rows = list(heapq.merge(*nonempty, key=itemgetter(0)))
+        return RowsPage(self._post_process(rows, built), upto, upto < to_token)
 
     def read_positions(self, conn: DbConnection) -> dict[str, int]:
         """Return each writer's persisted position (PROTOCOL.md 2.4)."""
@@ -367,9 +422,36 @@ class SqlStreamSource:
             return {}
         return read_id_positions(conn, self.id_generator)
 
-    def _post_process(self, rows: list[TokenRow]) -> list[TokenRow]:
-        """Hook for stream-specific rewriting of a finished page."""
+    def _post_process(
+        self, rows: list[TokenRow], parts: list[list[TokenRow]]
+    ) -> list[TokenRow]:
+        """Hook for stream-specific rewriting of a finished page.
+
+        Args:
+            rows: the merged page.
+            parts: the rows of each query (same order as the queries), after the cut.
+        """
         return rows
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while one page is fetched and built.
+
+    A page allocates a few container objects per row (driver tuples, wire lists) and
+    creates no reference cycles, yet every 700 allocations trigger a collection that
+    walks all live tracked objects. Measured on 200k events rows, the collector took
+    about 85% of the row-building time. The previous state is restored, and an
+    already disabled collector is left alone.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _check_limit(limit: int) -> None:
@@ -464,7 +546,8 @@ def _backfill_row(r: tuple[Any, ...]) -> WireRow:
 
 
 _NEW_EVENTS = TableQuery(
-    select=f"SELECT e.stream_ordering, {_EV_FULL_COLUMNS} FROM events AS e{_EV_FULL_JOINS}",  # noqa: S608
+    select=f"SELECT e.stream_ordering, {_EV_FULL_COLUMNS} FROM {{base}}{_EV_FULL_JOINS}",  # noqa: S608
+    base="events AS e",
     id_column="e.stream_ordering",
     instance_column="e.instance_name",
     build=_ev_row,
@@ -489,7 +572,8 @@ _EX_OUTLIERS = TableQuery(
     unique_tokens=True,
 )
 _BACKFILL_EVENTS = TableQuery(
-    select=f"SELECT -e.stream_ordering, {_EV_COLUMNS} FROM events AS e{_EVENT_JOINS}",  # noqa: S608
+    select=f"SELECT -e.stream_ordering, {_EV_COLUMNS} FROM {{base}}{_EVENT_JOINS}",  # noqa: S608
+    base="events AS e",
     id_column="e.stream_ordering",
     instance_column="e.instance_name",
     build=_backfill_row,
@@ -549,9 +633,12 @@ class EventsSource(SqlStreamSource):
         # Negative stream orderings belong to the backfill stream.
         return super().read_rows(conn, writer, max(from_token, 0), to_token, limit)
 
-    def _post_process(self, rows: list[TokenRow]) -> list[TokenRow]:
+    def _post_process(
+        self, rows: list[TokenRow], parts: list[list[TokenRow]]
+    ) -> list[TokenRow]:
         threshold = self.state_all_threshold
-        if threshold is None:
+        # parts[1] holds the current-state rows of this page.
+        if threshold is None or len(parts[1]) < threshold:
             return rows
         per_room: dict[str, int] = {}
         for _, row in rows:
@@ -824,14 +911,24 @@ class ToDeviceSource:
     def __init__(self, *, per_writer: bool = True) -> None:
         self.per_writer = per_writer
         self.id_generator = ID_GENERATORS["to_device"]
-        where = " AND " + _writer_predicate("instance_name") if per_writer else ""
-        self._sql = (
-            f"SELECT MAX(stream_id), user_id FROM device_inbox WHERE ? < stream_id AND stream_id <= ?{where} GROUP BY user_id",  # noqa: S608
-            f"SELECT MAX(stream_id), destination FROM device_federation_outbox WHERE ? < stream_id AND stream_id <= ?{where} GROUP BY destination",  # noqa: S608
+        self._sql = {default: self._texts(default) for default in (True, False)}
+
+    def _texts(self, default_writer: bool) -> tuple[tuple[str, str], tuple[str, str]]:
+        where = (
+            " AND " + _writer_predicate("instance_name", default_writer=default_writer)
+            if self.per_writer
+            else ""
         )
-        self._next_sql = (
-            f"SELECT MIN(stream_id) FROM device_inbox WHERE ? < stream_id AND stream_id <= ?{where}",  # noqa: S608
-            f"SELECT MIN(stream_id) FROM device_federation_outbox WHERE ? < stream_id AND stream_id <= ?{where}",  # noqa: S608
+        window = f"? < stream_id AND stream_id <= ?{where}"
+        return (
+            (
+                f"SELECT MAX(stream_id), user_id FROM device_inbox WHERE {window} GROUP BY user_id",  # noqa: S608
+                f"SELECT MAX(stream_id), destination FROM device_federation_outbox WHERE {window} GROUP BY destination",  # noqa: S608
+            ),
+            (
+                f"SELECT MIN(stream_id) FROM device_inbox WHERE {window}",  # noqa: S608
+                f"SELECT MIN(stream_id) FROM device_federation_outbox WHERE {window}",  # noqa: S608
+            ),
         )
 
     def __repr__(self) -> str:
@@ -850,16 +947,17 @@ class ToDeviceSource:
         if from_token >= to_token:
             return RowsPage([], to_token, False)
         w: tuple[str, ...] = (writer,) if self.per_writer else ()
+        rows_sql, next_sql = self._sql[writer == DEFAULT_WRITER]
         upto = min(to_token, from_token + limit)
         raw = [
             row
-            for sql in self._sql
+            for sql in rows_sql
             for row in conn.fetchall(sql, (from_token, upto, *w))
         ]
         if not raw and upto < to_token:
             nexts = [
                 row[0]
-                for sql in self._next_sql
+                for sql in next_sql
                 for row in conn.fetchall(sql, (upto, to_token, *w))
             ]
             found = [n for n in nexts if n is not None]
