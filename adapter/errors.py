@@ -8,7 +8,9 @@ The whole tree, so callers can pick the level they catch at::
     ├── CodecError
     │   ├── EncodeError (ValueError)      a value does not fit its schema
     │   └── DecodeError (ValueError)      bytes or a line from a peer cannot be read
-    │       └── UnknownCommandError       a line names a command we do not know
+    │       ├── UnknownCommandError       a line names a command we do not know
+    │       └── UnknownStreamDecodeError  peer input names a stream we do not know
+    │                                     (also an UnknownStreamError)
     ├── UnknownStreamError (LookupError)  a stream name nobody registered
     ├── PositionError                     a token rule was broken by our own caller
     ├── ServiceError                      a local service (broker, database, Redis) would not start
@@ -37,6 +39,7 @@ __all__ = [
     "SchemaError",
     "ServiceError",
     "UnknownCommandError",
+    "UnknownStreamDecodeError",
     "UnknownStreamError",
 ]
 
@@ -86,6 +89,14 @@ class UnknownStreamError(AdapterError, LookupError):
     """A stream name that is not registered."""
 
 
+class UnknownStreamDecodeError(DecodeError, UnknownStreamError):
+    """Peer input (a Synapse line, a Kafka record) names a stream we do not know.
+
+    It is both kinds at once so that a poison-input handler catching ``DecodeError``
+    and a caller catching ``UnknownStreamError`` each see it.
+    """
+
+
 class PositionError(AdapterError):
     """A caller broke a token rule (for example a token that is not an integer)."""
 
@@ -102,7 +113,9 @@ class KafkaIOError(AdapterError):
         retriable: whether trying again may succeed.
     """
 
-    def __init__(self, message: str, *, code: str = "", retriable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, code: str = "", retriable: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.retriable = retriable
