@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml dev/bootstrap-system
 	dev/bootstrap-system
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,synapse]'
 	$(BIN)/python -m adapter.localstack fetch-kafka
 	touch $(STAMP)
 
