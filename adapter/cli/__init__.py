@@ -12,6 +12,7 @@ import sys
 import typer
 
 from adapter.cli import demo as _demo  # noqa: F401  (registers its command)
+from adapter.cli import presence as _presence  # noqa: F401
 from adapter.cli._app import app
 from adapter.errors import AdapterError
 
