@@ -1,0 +1,526 @@
+"""Commands and presence snapshots to Avro bytes and back.
+
+This module owns the Kafka record value format:
+
+* **Framing** is Avro single-object encoding: ``C3 01``, the 8-byte CRC-64-AVRO
+  fingerprint of the writer schema (little-endian), then the Avro binary body. Every
+  root type (each command, :class:`~adapter.records.PresenceSnapshot`) has its own
+  schema, so the fingerprint also says which type the record is.
+* **Reading** resolves the writer schema by fingerprint among every version kept in
+  ``schemas/`` and ``schemas/history/`` and reads it into the current schema (Avro
+  schema resolution), so records written before a schema change stay readable.
+* **Errors**: :func:`decode` raises only :class:`~adapter.errors.DecodeError` (truncated
+  input, wrong magic, unknown fingerprint, corrupt body); :func:`encode` raises only
+  :class:`~adapter.errors.EncodeError`, naming the offending field path.
+
+It must not do I/O (beyond loading schemas once, through ``adapter.schemas``) or know
+about topics, keys or Kafka clients.
+
+Speed: the dataclass <-> dict conversion is done by small functions generated once per
+type when the :class:`Codec` is built (the way ``dataclasses`` builds ``__init__``), so
+no reflection happens per record. RDATA rows are written with fastavro's tuple
+notation ``(record name, dict)`` and read with ``return_record_name``, so fastavro never
+has to guess a union branch.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Final, TypeAlias
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
+
+from adapter.commands import COMMAND_CLASSES, Command, RdataCommand
+from adapter.errors import (
+    DecodeError,
+    EncodeError,
+    SchemaError,
+    UnknownStreamDecodeError,
+)
+from adapter.records import PresenceSnapshot, SyncingDevice
+from adapter.rows import ROW_CLASSES, ROW_TYPES_BY_STREAM, Row
+from adapter.schemas import (
+    AvroSchema,
+    SchemaSet,
+    default_schema_set,
+    incompatibilities,
+)
+
+__all__ = [
+    "MAGIC",
+    "Codec",
+    "Record",
+    "decode",
+    "default_codec",
+    "encode",
+    "root_name",
+    "row_name",
+]
+
+Record: TypeAlias = Command | PresenceSnapshot
+"""Anything that is a whole Kafka record value."""
+
+MAGIC: Final = b"\xc3\x01"
+"""The two marker bytes of Avro single-object encoding."""
+
+_HEADER_LEN: Final = 10  # magic + 8 fingerprint bytes
+_LONG_MIN: Final = -(2**63)
+_LONG_MAX: Final = 2**63 - 1
+
+_ROOT_NAMES: Final[Mapping[type[Any], str]] = {
+    **{
+        cls: "synkafka.command."
+        + "".join(part.capitalize() for part in cls.NAME.split("_"))
+        for cls in COMMAND_CLASSES
+    },
+    PresenceSnapshot: "synkafka.presence.PresenceSnapshot",
+}
+_NESTED_NAMES: Final[Mapping[type[Any], str]] = {
+    **{cls: "synkafka.row." + cls.__name__.removesuffix("Row") for cls in ROW_CLASSES},
+    SyncingDevice: "synkafka.presence.SyncingDevice",
+}
+
+
+def root_name(cls: type[Any]) -> str:
+    """Return the Avro full name of a root class (``RdataCommand`` -> ``synkafka.command.Rdata``)."""
+    return _ROOT_NAMES[cls]
+
+
+def row_name(cls: type[Row]) -> str:
+    """Return the Avro full name of a row class (``TypingRow`` -> ``synkafka.row.Typing``)."""
+    return _NESTED_NAMES[cls]
+
+
+# --- Generated converters ----------------------------------------------------------
+
+_ToDict: TypeAlias = Callable[[Any], dict[str, Any]]
+_FromDict: TypeAlias = Callable[[dict[str, Any]], Any]
+
+
+def _record_fields(schema: AvroSchema) -> list[dict[str, Any]]:
+    fields_: list[dict[str, Any]] = schema["fields"]
+    return fields_
+
+
+def _find_record(schema: AvroSchema, name: str) -> dict[str, Any] | None:
+    """Find the definition of record ``name`` inside a parsed schema."""
+    if isinstance(schema, list):
+        for branch in schema:
+            found = _find_record(branch, name)
+            if found is not None:
+                return found
+    elif isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "record":
+            if schema.get("name") == name:
+                return schema
+            for f in schema["fields"]:
+                found = _find_record(f["type"], name)
+                if found is not None:
+                    return found
+        elif kind == "array":
+            return _find_record(schema["items"], name)
+        elif isinstance(kind, (dict, list)):
+            return _find_record(kind, name)
+    return None
+
+
+def _compile(
+    cls: type[Any], schema: dict[str, Any], tuple_fields: set[str]
+) -> tuple[_ToDict, _FromDict]:
+    """Generate ``to_dict(obj)`` and ``from_dict(d)`` for one dataclass and its record.
+
+    The dataclass' fields must all be in the record; record fields the dataclass does
+    not have (added later, with a default) are left to fastavro's default on write
+    and ignored on read.
+    """
+    names = [f.name for f in fields(cls)]
+    schema_names = [f["name"] for f in _record_fields(schema)]
+    missing = [n for n in names if n not in schema_names]
+    if missing:
+        raise SchemaError(f"{schema['name']} lacks fields {missing} of {cls.__name__}")
+    extra = [
+        f["name"]
+        for f in _record_fields(schema)
+        if f["name"] not in names and "default" not in f
+    ]
+    if extra:
+        raise SchemaError(f"{schema['name']} fields {extra} need a default")
+    to_items = ", ".join(f"{n!r}: obj.{n}" for n in names)
+    if names == schema_names and not tuple_fields:
+        # The common case: the dict's values come in the constructor's order.
+        from_src = "def from_dict(d):\n    return cls(*d.values())\n"
+    else:
+        args = ", ".join(
+            (f"_tuple_or_none(d[{n!r}])" if n in tuple_fields else f"d[{n!r}]")
+            for n in names
+        )
+        from_src = f"def from_dict(d):\n    return cls({args})\n"
+    namespace: dict[str, Any] = {"cls": cls, "_tuple_or_none": _tuple_or_none}
+    source = f"def to_dict(obj):\n    return {{{to_items}}}\n" + from_src
+    # Generated once per type at start-up from field names we control, as dataclasses
+    # does for __init__: a literal dict display is much faster than any generic loop.
+    exec(compile(source, f"<codec {cls.__name__}>", "exec"), namespace)  # noqa: S102
+    return namespace["to_dict"], namespace["from_dict"]
+
+
+def _tuple_or_none(value: list[Any] | None) -> tuple[Any, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def _tuple_fields(cls: type[Any]) -> set[str]:
+    return {f.name for f in fields(cls) if str(f.type).startswith("tuple[")}
+
+
+@dataclass(frozen=True, slots=True)
+class _Root:
+    name: str
+    header: bytes
+    schema: AvroSchema
+    to_dict: _ToDict
+    from_dict: _FromDict
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    """How to read one writer fingerprint: its schema, and the reader (or None)."""
+
+    root: _Root
+    writer_schema: AvroSchema
+    reader_schema: AvroSchema | None
+
+
+class Codec:
+    """Encode and decode records against one :class:`~adapter.schemas.SchemaSet`.
+
+    Build one per schema set and reuse it: construction generates the converters
+    and checks that every kept version can be read into the current schema.
+
+    Args:
+        schemas: the loaded schemas.
+
+    Raises:
+        SchemaError: a schema does not match its Python class, or a kept version
+            cannot be read with the current schema.
+    """
+
+    def __init__(self, schemas: SchemaSet) -> None:
+        self.schemas = schemas
+        self._roots: dict[type[Any], _Root] = {}
+        self._writers: dict[bytes, _Writer] = {}
+        rdata_schema = schemas.current[_ROOT_NAMES[RdataCommand]].parsed
+        snapshot_schema = schemas.current[_ROOT_NAMES[PresenceSnapshot]].parsed
+
+        # Rows: name -> (from_dict, stream) for reading; class -> (name, to_dict,
+        # stream) for writing.
+        self._row_writers: dict[type[Any], tuple[str, _ToDict, str]] = {}
+        self._row_readers: dict[str, tuple[_FromDict, str]] = {}
+        for cls in ROW_CLASSES:
+            name = _NESTED_NAMES[cls]
+            record = _find_record(rdata_schema, name)
+            if record is None:
+                raise SchemaError(f"RDATA rows have no branch {name}")
+            to_dict, from_dict = _compile(cls, record, _tuple_fields(cls))
+            self._row_writers[cls] = (name, to_dict, cls.STREAM_NAME)
+            self._row_readers[name] = (from_dict, cls.STREAM_NAME)
+        device = _find_record(snapshot_schema, _NESTED_NAMES[SyncingDevice])
+        if device is None:
+            raise SchemaError("PresenceSnapshot has no SyncingDevice record")
+        self._device_to, self._device_from = _compile(SyncingDevice, device, set())
+
+        for cls, name in _ROOT_NAMES.items():
+            version = schemas.current[name]
+            if cls is RdataCommand:
+                to_dict, from_dict = self._rdata_to_dict, self._rdata_from_dict
+            elif cls is PresenceSnapshot:
+                to_dict, from_dict = self._snapshot_to_dict, self._snapshot_from_dict
+            else:
+                to_dict, from_dict = _compile(cls, version.parsed, _tuple_fields(cls))
+            root = _Root(
+                name, MAGIC + version.fingerprint, version.parsed, to_dict, from_dict
+            )
+            self._roots[cls] = root
+
+        by_name = {root.name: root for root in self._roots.values()}
+        for digest, version in schemas.versions.items():
+            root_ = by_name.get(version.name)
+            if root_ is None:
+                continue  # a retired type: its records fail with a clear DecodeError
+            if version.current:
+                self._writers[digest] = _Writer(root_, version.parsed, None)
+                continue
+            problems = incompatibilities(version.parsed, root_.schema)
+            if problems:
+                raise SchemaError(
+                    f"{version.path}: the current {version.name} cannot read it: "
+                    + "; ".join(problems)
+                )
+            self._writers[digest] = _Writer(root_, version.parsed, root_.schema)
+
+    # --- RDATA and PresenceSnapshot have nested records: written by hand ---
+
+    def _rdata_to_dict(self, command: RdataCommand) -> dict[str, Any]:
+        if command.token is None:
+            raise EncodeError(
+                "RDATA token is None: batches are joined by the bridge first",
+                path="token",
+            )
+        if not command.rows:
+            raise EncodeError("RDATA without rows: publish a POSITION", path="rows")
+        stream = command.stream_name
+        rows = []
+        writers = self._row_writers
+        for index, row in enumerate(command.rows):
+            spec = writers.get(type(row))
+            if spec is None or spec[2] != stream:
+                raise EncodeError(
+                    f"{type(row).__name__} is not a row of stream {stream!r}",
+                    path=f"rows[{index}]",
+                )
+            rows.append((spec[0], spec[1](row)))
+        return {
+            "stream_name": stream,
+            "instance_name": command.instance_name,
+            "token": command.token,
+            "rows": rows,
+        }
+
+    def _rdata_from_dict(self, d: dict[str, Any]) -> RdataCommand:
+        stream = d["stream_name"]
+        readers = self._row_readers
+        rows = []
+        for name, value in d["rows"]:
+            from_dict, row_stream = readers[name]
+            if row_stream != stream:
+                if stream not in ROW_TYPES_BY_STREAM:
+                    raise UnknownStreamDecodeError(f"unknown stream {stream!r}")
+                raise DecodeError(f"RDATA of stream {stream!r} holds a {name} row")
+            rows.append(from_dict(value))
+        if not rows:
+            raise DecodeError("RDATA without rows")
+        return RdataCommand(stream, d["instance_name"], d["token"], tuple(rows))
+
+    def _snapshot_to_dict(self, snapshot: PresenceSnapshot) -> dict[str, Any]:
+        to_dict = self._device_to
+        return {
+            "instance_id": snapshot.instance_id,
+            "instance_name": snapshot.instance_name,
+            "heartbeat_ms": snapshot.heartbeat_ms,
+            "syncing": [to_dict(device) for device in snapshot.syncing],
+        }
+
+    def _snapshot_from_dict(self, d: dict[str, Any]) -> PresenceSnapshot:
+        from_dict = self._device_from
+        return PresenceSnapshot(
+            d["instance_id"],
+            d["instance_name"],
+            d["heartbeat_ms"],
+            tuple([from_dict(device) for device in d["syncing"]]),
+        )
+
+    # --- Public API ---
+
+    def encode(self, record: Record) -> bytes:
+        """Encode a command or presence snapshot as a single-object Avro record.
+
+        Args:
+            record: the value. An RDATA must have a numeric token and at least one
+                row, all of its stream.
+
+        Returns:
+            ``C3 01`` + fingerprint + Avro body.
+
+        Raises:
+            EncodeError: the value does not fit its schema; ``path`` names the field.
+        """
+        root = self._roots.get(type(record))
+        if root is None:
+            raise EncodeError(f"cannot encode a {type(record).__name__}")
+        datum = root.to_dict(record)
+        out = io.BytesIO()
+        out.write(root.header)
+        try:
+            schemaless_writer(out, root.schema, datum)
+        except (TypeError, ValueError, AttributeError, OverflowError, KeyError) as exc:
+            # Rare path: walk the datum to say which field is wrong.
+            path, reason = _find_bad_field(datum, root.schema, root.name)
+            raise EncodeError(reason or str(exc), path=path) from exc
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> Record:
+        """Decode a single-object Avro record written by any kept schema version.
+
+        Args:
+            data: the record value.
+
+        Returns:
+            The command or presence snapshot, in the current model.
+
+        Raises:
+            DecodeError: the bytes are truncated, do not start with ``C3 01``, name
+                an unknown schema fingerprint, or the body is corrupt.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
+        if len(data) < _HEADER_LEN:
+            raise DecodeError(
+                f"truncated record: {len(data)} bytes, the header alone needs {_HEADER_LEN}"
+            )
+        if data[:2] != MAGIC:
+            raise DecodeError(
+                f"not Avro single-object encoding: starts {data[:2].hex()}, expected c301"
+            )
+        writer = self._writers.get(data[2:_HEADER_LEN])
+        if writer is None:
+            raise DecodeError(
+                f"unknown writer schema fingerprint {data[2:_HEADER_LEN].hex()}"
+            )
+        stream = io.BytesIO(data)
+        stream.seek(_HEADER_LEN)
+        root = writer.root
+        try:
+            datum: Any = schemaless_reader(
+                stream,
+                writer.writer_schema,
+                writer.reader_schema,
+                return_record_name=True,
+            )
+        except (
+            EOFError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            OverflowError,
+            MemoryError,
+            SchemaResolutionError,
+        ) as exc:
+            raise DecodeError(
+                f"corrupt {root.name} body: {type(exc).__name__}: {exc}"
+            ) from exc
+        if stream.tell() != len(data):
+            raise DecodeError(
+                f"{len(data) - stream.tell()} bytes after the end of the {root.name} body"
+            )
+        result: Record = root.from_dict(datum)
+        return result
+
+
+# --- Finding the bad field after fastavro refused a datum (slow path) ---------------
+
+
+def _find_bad_field(datum: Any, schema: AvroSchema, path: str) -> tuple[str, str]:
+    """Return (path, reason) of the first value that does not fit, or (path, "")."""
+    named: dict[str, Any] = {}
+
+    def register(node: AvroSchema) -> None:
+        if isinstance(node, list):
+            for branch in node:
+                register(branch)
+        elif isinstance(node, dict):
+            if node.get("type") == "record":
+                named[node["name"]] = node
+                for f in node["fields"]:
+                    register(f["type"])
+            elif node.get("type") == "array":
+                register(node["items"])
+
+    register(schema)
+
+    def fits(value: Any, node: AvroSchema) -> bool:
+        return walk(value, node, "") is None
+
+    def walk(value: Any, node: AvroSchema, where: str) -> tuple[str, str] | None:
+        if isinstance(node, str) and node in named:
+            node = named[node]
+        if isinstance(node, list):
+            if isinstance(value, tuple) and len(value) == 2 and value[0] in named:
+                return walk(value[1], named[value[0]], where)
+            if any(fits(value, branch) for branch in node):
+                return None
+            return where, f"{_short(value)} fits none of {_type_names(node)}"
+        kind = node["type"] if isinstance(node, dict) else node
+        ok = (
+            {
+                "null": value is None,
+                "boolean": type(value) is bool,
+                "long": type(value) is int and _LONG_MIN <= value <= _LONG_MAX,
+                "int": type(value) is int and -(2**31) <= value < 2**31,
+                "string": type(value) is str,
+                "bytes": type(value) is bytes,
+                "double": type(value) in (int, float),
+                "float": type(value) in (int, float),
+            }.get(kind)
+            if isinstance(kind, str)
+            else None
+        )
+        if ok is not None:
+            return None if ok else (where, f"{_short(value)} is not a {kind}")
+        if kind == "record":
+            if not isinstance(value, dict):
+                return where, f"{_short(value)} is not a record"
+            for f in node["fields"]:
+                found = walk(value.get(f["name"]), f["type"], _join(where, f["name"]))
+                if found is not None:
+                    return found
+            return None
+        if kind == "array":
+            if not isinstance(value, (list, tuple)):
+                return where, f"{_short(value)} is not an array"
+            for index, item in enumerate(value):
+                found = walk(item, node["items"], f"{where}[{index}]")
+                if found is not None:
+                    return found
+            return None
+        return where, f"unsupported schema {kind!r}"
+
+    found = walk(datum, schema, "")
+    return found if found is not None else (path, "")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _type_names(union: list[Any]) -> str:
+    return "/".join(b if isinstance(b, str) else str(b.get("type")) for b in union)
+
+
+# --- Module-level API on the default schemas ---------------------------------------
+
+
+@functools.cache
+def default_codec() -> Codec:
+    """Return the codec of the default schema set, built on first use only.
+
+    Raises:
+        SchemaError: the schemas cannot be loaded or do not match the classes.
+    """
+    return Codec(default_schema_set())
+
+
+def encode(record: Record) -> bytes:
+    """Encode with the default schemas; see :meth:`Codec.encode`.
+
+    Raises:
+        EncodeError: the value does not fit its schema.
+    """
+    return default_codec().encode(record)
+
+
+def decode(data: bytes) -> Record:
+    """Decode with the default schemas; see :meth:`Codec.decode`.
+
+    Raises:
+        DecodeError: the bytes cannot be decoded.
+    """
+    return default_codec().decode(data)
