@@ -406,6 +406,7 @@ class SynapseHomeserver(ManagedService):
         """
         if self.running():
             return
+        self.stop()  # a half-running pair (one process died) starts over
         self.write_config()
         baseline = self.subscriber_count()
         self._main_subscribers = baseline + 1

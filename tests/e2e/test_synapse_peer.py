@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 import redis
 
 from adapter.errors import ServiceError
+from adapter.localstack._process import is_alive, poll_until
 from adapter.localstack.synapse import (
     INSTALL_HINT,
     MAIN_INSTANCE_NAME,
@@ -206,3 +210,44 @@ def test_missing_synapse_fails_with_the_install_command(tmp_path: Path) -> None:
     ) as exc:
         SynapseHomeserver("redis://127.0.0.1:6379/0", python=os.fspath(python))
     assert INSTALL_HINT in str(exc.value)
+
+
+_CHILD = """
+import sys
+from adapter.localstack.synapse import SynapseHomeserver
+hs = SynapseHomeserver(sys.argv[1], server_name=sys.argv[2], with_worker=True)
+hs.start()
+print(hs.pid, hs.worker_pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_synapse_dies_when_its_parent_is_killed(
+    redis_url: str, synapse_server_name: str
+) -> None:
+    # A SIGKILLed parent cannot remove its run folder: give it a scratch TMPDIR.
+    scratch = Path(tempfile.mkdtemp(prefix="synkafka-orphan-"))
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-c", _CHILD, redis_url, synapse_server_name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=repo,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        ) as parent:
+            assert parent.stdout is not None
+            try:
+                pids = [int(p) for p in parent.stdout.readline().split()]
+                assert len(pids) == 2, "the child did not start Synapse"
+                assert all(is_alive(pid) for pid in pids)
+            finally:
+                parent.kill()  # SIGKILL: no atexit, no finalizers, only the kernel
+            parent.wait(timeout=10)
+        poll_until(
+            lambda: True if not any(is_alive(pid) for pid in pids) else None,
+            timeout_s=15,
+            what="Synapse's main and worker processes exiting",
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
