@@ -243,8 +243,10 @@ def test_sync_start_and_stop_show_up_and_a_quick_reconnect_sends_nothing(
 
     # `synkafka presence --json` replays the topic and lists the instance.
     listed = subprocess.run(
-        [sys.executable, "-m", "adapter", "presence", "-b", kafka_bootstrap]
-        + ["--prefix", unique_name, "--json"],
+        [
+            *(sys.executable, "-m", "adapter", "presence"),
+            *("-b", kafka_bootstrap, "--prefix", unique_name, "--json"),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         check=True,
