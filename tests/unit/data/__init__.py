@@ -1,0 +1,1 @@
+"""Test data and Hypothesis strategies shared by the codec, command and row tests."""
