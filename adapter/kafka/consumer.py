@@ -217,6 +217,17 @@ class Consumer:
         except KafkaException as exc:
             raise _raise_from(exc, f"cannot seek {topic}[{partition}]") from exc
 
+    def positions(self, partitions: Iterable[tuple[str, int]]) -> dict[int, int]:
+        """The next offset this reader will return, per partition (absent if unknown)."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        if not tps:
+            return {}
+        try:
+            got = self._client.position(tps)
+        except KafkaException as exc:
+            raise _raise_from(exc, "cannot read positions") from exc
+        return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+
     def pause(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Stop fetching these partitions (backpressure); ``resume`` undoes it."""
         tps = [TopicPartition(t, p) for t, p in partitions]
@@ -256,7 +267,7 @@ class Consumer:
             ConsumeError: the broker refused the commit.
         """
         tps = [
-            TopicPartition(c.topic, c.partition, c.offset or 0, metadata=c.metadata)
+            TopicPartition(c.topic, c.partition, c.offset or 0, metadata=c.metadata or "")
             for c in offsets
             if c.offset is not None
         ]

@@ -1,0 +1,223 @@
+"""``synkafka consume``: follow replication streams and hand every row to a handler."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import IO, Annotated
+
+import typer
+
+from adapter.cli._app import app
+from adapter.cli.common import (
+    BootstrapOpt,
+    InstanceOpt,
+    KafkaPasswordFileOpt,
+    KafkaPasswordOpt,
+    KafkaUserOpt,
+    LogLevelOpt,
+    OverridesOpt,
+    PrefixOpt,
+    SaslMechanismOpt,
+    SecurityProtocolOpt,
+    ServerNameOpt,
+    SslCaOpt,
+    SslCertOpt,
+    SslKeyOpt,
+    kafka_settings,
+    resolve_prefix,
+    setup_logging,
+)
+from adapter.config import DEFAULT_BOOTSTRAP_SERVERS
+from adapter.errors import ConfigError
+from adapter.metrics import default_metrics
+from adapter.ports import Handler
+from adapter.rows import STREAM_NAMES
+from adapter.runtime.backfill import DatabaseReader
+from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer, StartFrom
+from adapter.runtime.health import Check, HealthServer
+from adapter.runtime.progress import ProgressReporter
+from adapter.runtime.sinks import JsonLinesSink, load_handler
+
+__all__ = ["consume", "install_stop_signals"]
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """Make SIGTERM and SIGINT set ``stop`` (a second SIGINT interrupts hard)."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+@app.command()
+def consume(
+    server_name: ServerNameOpt = "localhost",
+    prefix: PrefixOpt = None,
+    instance_name: InstanceOpt = "",
+    stream: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stream", "-s", help="Streams to follow (repeatable; default: all)."
+        ),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="SYNKAFKA_DB",
+            help="Synapse's database for backfill: postgresql://... or sqlite:///path.",
+            show_default=False,
+        ),
+    ] = None,
+    start_from: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="committed: resume and backfill; latest: start at the head; "
+            "earliest: replay what Kafka holds.",
+        ),
+    ] = "committed",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write JSON lines here instead of stdout."),
+    ] = None,
+    handler: Annotated[
+        str | None,
+        typer.Option(
+            "--handler", help="Call module:function per update instead of JSON lines."
+        ),
+    ] = None,
+    on_handler_error: Annotated[
+        str,
+        typer.Option(
+            "--on-handler-error",
+            help="stop: exit without committing past the failing update; "
+            "dead-letter: write it to the dead-letter topic and go on.",
+        ),
+    ] = "stop",
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            envvar="SYNKAFKA_METRICS_PORT",
+            help="Port for /metrics, /health and /ready (0: a free port, -1: off).",
+        ),
+    ] = 9466,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host", envvar="SYNKAFKA_METRICS_HOST", help="Bind address."
+        ),
+    ] = "127.0.0.1",
+    commit_interval: Annotated[
+        float,
+        typer.Option("--commit-interval", min=0.05, help="Seconds between commits."),
+    ] = 1.0,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")
+    ] = True,
+    log_level: LogLevelOpt = "INFO",
+    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
+    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
+    sasl_mechanism: SaslMechanismOpt = None,
+    kafka_username: KafkaUserOpt = None,
+    kafka_password: KafkaPasswordOpt = None,
+    kafka_password_file: KafkaPasswordFileOpt = None,
+    ssl_ca: SslCaOpt = None,
+    ssl_cert: SslCertOpt = None,
+    ssl_key: SslKeyOpt = None,
+    x: OverridesOpt = None,
+) -> None:
+    """Follow replication streams and hand every new row to a handler exactly once.
+
+    Resumes from the committed POSITION and backfills the gap from the database. Rows go to stdout as JSON lines unless --output or --handler says otherwise.
+    SIGTERM or Ctrl-C finishes in-flight handlers, commits and exits 0.
+    """
+    setup_logging(log_level)
+    instance_name = instance_name or f"consumer-{socket.gethostname()}"
+    if start_from not in ("committed", "latest", "earliest"):
+        raise ConfigError("--from must be committed, latest or earliest")
+    if on_handler_error not in ("stop", "dead-letter"):
+        raise ConfigError("--on-handler-error must be stop or dead-letter")
+    streams = tuple(stream or STREAM_NAMES)
+    unknown = sorted(set(streams) - set(STREAM_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown stream(s): {', '.join(unknown)}")
+    settings = kafka_settings(
+        bootstrap_servers,
+        security_protocol,
+        sasl_mechanism,
+        kafka_username,
+        kafka_password,
+        kafka_password_file,
+        ssl_ca,
+        ssl_cert,
+        ssl_key,
+        x,
+    )
+    out_file: IO[str] | None = None
+    sink: Handler
+    if handler is not None:
+        sink = load_handler(handler)
+    else:
+        out_file = output.open("a", encoding="utf-8") if output else None
+        sink = JsonLinesSink(out_file or sys.stdout)
+    metrics = default_metrics()
+    options = ConsumerOptions(
+        prefix=resolve_prefix(prefix, server_name),
+        instance_name=instance_name,
+        streams=streams,
+        start_from=_start_from(start_from),
+        commit_interval_s=commit_interval,
+        handler_policy="dead-letter" if on_handler_error == "dead-letter" else "stop",
+    )
+    dsn = db
+    consumer = ReplicationConsumer(
+        settings,
+        options,
+        sink,
+        open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
+        metrics=metrics,
+    )
+    stop = threading.Event()
+    install_stop_signals(stop)
+    server = None
+    if metrics_port >= 0:
+        server = HealthServer(
+            metrics.registry,
+            alive=lambda: Check(not stop.is_set(), "stopping"),
+            broker=lambda: Check(consumer.broker_up, "no broker connection"),
+            ready=consumer.caught_up,
+            host=metrics_host,
+            port=metrics_port,
+        )
+        server.start()
+    reporter = ProgressReporter(consumer.progress) if progress else None
+    if reporter is not None:
+        reporter.start()
+    try:
+        consumer.run(stop)
+    finally:
+        if reporter is not None:
+            reporter.stop()
+        if server is not None:
+            server.stop()
+        if out_file is not None:
+            out_file.close()
+
+
+def _start_from(value: str) -> StartFrom:
+    if value == "latest":
+        return "latest"
+    if value == "earliest":
+        return "earliest"
+    return "committed"

@@ -1,0 +1,714 @@
+"""The replication consumer: committed offset as POSITION, database backfill, then live.
+
+The algorithm (DESIGN.md, "Consumer"), step by step:
+
+1. **Start.** Read the group's committed offsets; the commit metadata of each partition
+   holds the stream's token map, so the committed offset *is* the POSITION.
+2. **Pin the head.** Note every partition's high watermark *before* reading the
+   database positions: a writer persists a row before it publishes it, so every record
+   below the pinned head has a token at or below the positions read afterwards.
+3. **Backfill.** For each writer behind its database position, read the missing rows
+   from the database (not by replaying old Kafka records) in the stream's worker, in
+   token order, before any live record of that stream.
+4. **Live.** Consume from the pinned head and let :class:`PositionTracker` decide:
+   duplicates are dropped, a POSITION past our token triggers a backfill, a reset
+   stream is followed.
+5. **Commit** only what the handlers finished, with the token map as metadata.
+6. **Caught up** per stream once the pinned head is reached and the backfill is done;
+   the reconnect backoff is reset only once *every* stream is caught up.
+
+Streams without a database source (typing, federation, presence_federation, or any
+stream when no database is configured) cannot be backfilled: they resume from their
+committed offset and replay what Kafka still holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, assert_never
+
+from adapter import topics
+from adapter.backoff import Backoff
+from adapter.codec import decode
+from adapter.commands import PositionCommand, RdataCommand
+from adapter.config import KafkaSettings
+from adapter.errors import AdapterError, BackfillError, DecodeError, KafkaIOError
+from adapter.kafka.consumer import BEGINNING, Committed, Consumer, PartitionStart
+from adapter.kafka.producer import Producer
+from adapter.kafka.records import KafkaRecord
+from adapter.metrics import Metrics
+from adapter.ports import BackfillReader, Handler, StreamUpdate
+from adapter.positions import (
+    Apply,
+    Backfill,
+    Drop,
+    Gap,
+    PositionTracker,
+    Reset,
+    decode_commit_metadata,
+    encode_commit_metadata,
+)
+from adapter.runtime.progress import Progress
+from adapter.runtime.stream_worker import (
+    BackfillWork,
+    HandlerPolicy,
+    StreamWorker,
+    UpdateWork,
+    Work,
+)
+
+__all__ = ["ConsumerOptions", "ReplicationConsumer", "StartFrom"]
+
+logger = logging.getLogger(__name__)
+
+StartFrom = Literal["committed", "latest", "earliest"]
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """What a replication consumer follows and how.
+
+    Attributes:
+        prefix: the topic prefix (``synapse.<server_name>``).
+        instance_name: this consumer's name; its group is ``<prefix>.<instance_name>``.
+        streams: the streams to follow.
+        start_from: ``committed`` (default: resume, backfilling from the database),
+            ``latest`` (ignore commits, start at the head), ``earliest`` (replay Kafka).
+        commit_interval_s: how often finished work is committed.
+        poll_batch: records fetched per poll.
+        max_batches: per-stream queue bound, in poll batches (backpressure).
+        handler_policy: ``stop`` or ``dead-letter`` for a handler that keeps failing.
+        handler_retries: handler attempts before the policy applies.
+        shutdown_timeout_s: how long in-flight handlers may take on shutdown.
+        fatal_attempts: setup attempts before an error that will not heal by itself
+            (authentication, authorization) ends the run.
+        kafka_extra: extra librdkafka properties for the consumer.
+    """
+
+    prefix: str
+    instance_name: str
+    streams: tuple[str, ...]
+    start_from: StartFrom = "committed"
+    commit_interval_s: float = 1.0
+    poll_batch: int = 1000
+    max_batches: int = 64
+    handler_policy: HandlerPolicy = "stop"
+    handler_retries: int = 5
+    shutdown_timeout_s: float = 30.0
+    fatal_attempts: int = 3
+    kafka_extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _StreamState:
+    name: str
+    topic: str
+    partitions: list[int]
+    worker: StreamWorker
+    has_source: bool
+    start: dict[int, int] = field(default_factory=dict)
+    head: dict[int, int] = field(default_factory=dict)
+    pending: list[list[Work]] = field(default_factory=list)
+    paused: bool = False
+    caught_up: bool = False
+
+
+_FATAL_CODES = frozenset(
+    {
+        "_AUTHENTICATION",
+        "_SSL",
+        "SASL_AUTHENTICATION_FAILED",
+        "GROUP_AUTHORIZATION_FAILED",
+        "TOPIC_AUTHORIZATION_FAILED",
+        "CLUSTER_AUTHORIZATION_FAILED",
+        "_UNKNOWN_TOPIC",
+        "UNKNOWN_TOPIC_OR_PART",
+    }
+)
+
+
+class ReplicationConsumer:
+    """Follows replication streams on Kafka and hands every row to handlers once.
+
+    Args:
+        kafka: how to reach the cluster.
+        options: what to follow and how.
+        handlers: one handler per stream name, or one for every stream.
+        open_reader: opens a database reader for backfill; None without a database.
+        metrics: where to report.
+        clock: monotonic seconds (tests may pass a fake).
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        options: ConsumerOptions,
+        handlers: Mapping[str, Handler] | Handler,
+        *,
+        open_reader: Callable[[], BackfillReader] | None,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not options.streams:
+            raise AdapterError("no streams to follow")
+        self._kafka = kafka
+        self._options = options
+        self._handlers = handlers
+        self._open_reader = open_reader
+        self._metrics = metrics
+        self._backoff = backoff or Backoff()
+        self._streams: dict[str, _StreamState] = {}
+        self._by_topic: dict[str, _StreamState] = {}
+        self._lock = threading.Lock()
+        self._committed: dict[TP, int] = {}
+        self._dlq_producer: Producer | None = None
+        self.attempts = 0
+        self.records_seen = 0
+        self.broker_up = False
+
+    # -- status ---------------------------------------------------------------------
+
+    def caught_up(self) -> dict[str, bool]:
+        """Per stream: pinned head reached and backfill done."""
+        with self._lock:
+            return {s.name: s.caught_up for s in self._streams.values()}
+
+    def progress(self) -> Progress:
+        """A sample for the progress display."""
+        with self._lock:
+            states = list(self._streams.values())
+        remaining = int(
+            sum(
+                sample.value
+                for metric in self._metrics.backfill_remaining_tokens.collect()
+                for sample in metric.samples
+            )
+        )
+        return Progress(
+            rows=sum(s.worker.rows_handled for s in states),
+            backfill_rows=sum(s.worker.rows_backfilled for s in states),
+            remaining_tokens=remaining,
+            caught_up=sum(1 for s in states if s.caught_up),
+            streams=len(self._options.streams),
+        )
+
+    def rows_handled(self) -> dict[str, tuple[int, int]]:
+        """Per stream: ``(rows handled in total, of which from backfill)``."""
+        with self._lock:
+            return {
+                s.name: (s.worker.rows_handled, s.worker.rows_backfilled)
+                for s in self._streams.values()
+            }
+
+    # -- the outer loop ---------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; retry failures with backoff.
+
+        Raises:
+            AdapterError: a failure that retrying cannot fix (bad credentials after
+                ``fatal_attempts`` tries, a handler that keeps failing with the
+                ``stop`` policy).
+        """
+        fatal_failures = 0
+        while not stop.is_set():
+            self.attempts += 1
+            try:
+                self._run_once(stop)
+            except (KafkaIOError, BackfillError) as exc:
+                fatal = (
+                    isinstance(exc, KafkaIOError) and exc.code in _FATAL_CODES
+                ) or (isinstance(exc, BackfillError) and not exc.retriable)
+                fatal_failures = fatal_failures + 1 if fatal else 0
+                if fatal_failures >= self._options.fatal_attempts:
+                    raise
+                delay = self._backoff.next_delay()
+                self._metrics.reconnects.labels("consumer").inc()
+                self._metrics.backoff_seconds.labels("consumer").set(delay)
+                logger.warning("consumer failed: %s; retrying in %.1f s", exc, delay)
+                stop.wait(delay)
+            else:
+                return
+
+    # -- one attempt ----------------------------------------------------------------
+
+    def _run_once(self, stop: threading.Event) -> None:
+        opts = self._options
+        consumer = Consumer(
+            self._kafka,
+            topics.consumer_group(opts.prefix, opts.instance_name),
+            client_id=f"synkafka-{opts.instance_name}",
+            extra={"statistics.interval.ms": "5000", **opts.kafka_extra},
+            on_stats=self._on_stats,
+        )
+        reader: BackfillReader | None = None
+        worker_stop = threading.Event()
+        try:
+            reader = self._open_reader() if self._open_reader is not None else None
+            tracker = self._set_up(consumer, reader, worker_stop)
+            if reader is not None:
+                reader.close()
+                reader = None
+            self._loop(consumer, tracker, stop)
+        finally:
+            if reader is not None:
+                reader.close()
+            self._shut_down(consumer, worker_stop)
+
+    def _handler_for(self, stream: str) -> Handler | None:
+        handlers = self._handlers
+        if callable(handlers):
+            return handlers
+        return handlers.get(stream)
+
+    def _set_up(
+        self,
+        consumer: Consumer,
+        reader: BackfillReader | None,
+        worker_stop: threading.Event,
+    ) -> PositionTracker:
+        """Steps 1 to 3: committed offsets, pinned heads, database positions, backfill."""
+        opts = self._options
+        states: dict[str, _StreamState] = {}
+        for stream in opts.streams:
+            topic = topics.stream_topic(opts.prefix, stream)
+            partitions = consumer.partitions(topic)
+            if not partitions:
+                raise KafkaIOError(
+                    f"topic {topic} does not exist; run `synkafka topics ensure` first",
+                    code="_UNKNOWN_TOPIC",
+                    retriable=True,
+                )
+            has_source = reader is not None and reader.has_source(stream)
+            worker = StreamWorker(
+                stream,
+                self._handler_for(stream),
+                open_reader=self._open_reader if has_source else None,
+                metrics=self._metrics,
+                dead_letter=self._dead_letter_update,
+                policy=opts.handler_policy,
+                handler_retries=opts.handler_retries,
+                max_batches=opts.max_batches,
+                stop_event=worker_stop,
+            )
+            states[stream] = _StreamState(stream, topic, partitions, worker, has_source)
+        committed = {
+            (c.topic, c.partition): c
+            for c in consumer.committed(
+                [(s.topic, p) for s in states.values() for p in s.partitions]
+            )
+        }
+        # Pin the heads before reading database positions (see the module docstring).
+        for state in states.values():
+            for p in state.partitions:
+                state.head[p] = consumer.watermarks(state.topic, p)[1]
+
+        tracker = PositionTracker(
+            database_streams=frozenset(s.name for s in states.values() if s.has_source)
+        )
+        starts: list[PartitionStart] = []
+        initial: dict[str, list[Work]] = {}
+        for state in states.values():
+            marks = [committed.get((state.topic, p)) for p in state.partitions]
+            has_commit = any(c is not None and c.offset is not None for c in marks)
+            tokens: dict[str, int] = {}
+            for c in marks:
+                if c is not None and c.metadata:
+                    for (stream, writer), token in decode_commit_metadata(
+                        c.metadata
+                    ).items():
+                        if stream == state.name:
+                            tokens[writer] = max(token, tokens.get(writer, token))
+            db_positions = (
+                reader.positions(state.name) if (reader and state.has_source) else {}
+            )
+            work: list[Work] = []
+            if opts.start_from == "earliest":
+                state.start = dict.fromkeys(state.partitions, BEGINNING)
+            elif opts.start_from == "latest" or not has_commit:
+                state.start = dict(state.head)
+                tokens = dict(db_positions)
+            elif state.has_source:
+                # Resume: skip Kafka up to the pinned head and read the gap from the DB.
+                # A writer absent from our metadata published nothing before our
+                # commit, so all of its rows are new to us: start it at 0.
+                state.start = dict(state.head)
+                for writer, position in sorted(db_positions.items()):
+                    cur = tokens.get(writer, 0)
+                    if position > cur:
+                        work.append(BackfillWork(writer, cur, position, initial=True))
+                        self._metrics.backfill_remaining_tokens.labels(
+                            state.name, writer
+                        ).set(position - cur)
+                        tokens[writer] = position
+            else:
+                # No database to read from: replay what Kafka holds after the commit.
+                state.start = {
+                    p: (
+                        c.offset
+                        if c is not None and c.offset is not None
+                        else state.head[p]
+                    )
+                    for p, c in zip(state.partitions, marks, strict=True)
+                }
+            for writer, token in tokens.items():
+                tracker.seed(state.name, writer, token)
+                self._metrics.stream_position.labels(state.name, writer).set(token)
+            if work:
+                initial[state.name] = work
+                logger.info(
+                    "%s: backfilling %d writer(s) from the database before going live",
+                    state.name,
+                    len(work),
+                )
+            for p in state.partitions:
+                self._committed[(state.topic, p)] = -1
+                starts.append(PartitionStart(state.topic, p, state.start[p]))
+
+        with self._lock:
+            self._streams = states
+            self._by_topic = {s.topic: s for s in states.values()}
+        for state in states.values():
+            state.worker.start()
+            if state.name in initial:
+                state.pending.append(initial[state.name])
+        consumer.assign(starts)
+        return tracker
+
+    # -- steps 4 and 5 --------------------------------------------------------------
+
+    def _loop(
+        self, consumer: Consumer, tracker: PositionTracker, stop: threading.Event
+    ) -> None:
+        opts = self._options
+        next_commit = time.monotonic() + opts.commit_interval_s
+        all_caught_up = False
+        while not stop.is_set():
+            self._check_workers()
+            self._flush_pending(consumer)
+            records = consumer.poll_batch(opts.poll_batch, 0.1)
+            if records:
+                self._dispatch(records, tracker)
+                self._flush_pending(consumer)
+            now = time.monotonic()
+            if now >= next_commit:
+                self._commit(consumer)
+                next_commit = now + opts.commit_interval_s
+                if self._update_caught_up() and not all_caught_up:
+                    all_caught_up = True
+                    # Only a consumer that caught up on every stream counts as healthy
+                    # (the intent of matrix-org/synapse#4749).
+                    self._backoff.reset()
+                    self._metrics.backoff_seconds.labels("consumer").set(0)
+                    logger.info("caught up on every stream")
+        self._check_workers()
+
+    def _dispatch(
+        self, records: Sequence[KafkaRecord], tracker: PositionTracker
+    ) -> None:
+        batches: dict[str, list[Work]] = {}
+        metrics = self._metrics
+        for record in records:
+            state = self._by_topic.get(record.topic)
+            if state is None:
+                continue
+            self.records_seen += 1
+            tp = (record.topic, record.partition)
+            batch = batches.setdefault(state.name, [])
+            if record.value is None:
+                batch.append(UpdateWork(tp, record.offset, None))
+                continue
+            try:
+                command = decode(record.value)
+            except DecodeError as exc:
+                metrics.decode_failures.labels(record.topic).inc()
+                logger.warning("cannot decode %s: %s", record.where, exc.reason)
+                self._dead_letter_record(record, f"decode: {exc.reason}")
+                batch.append(UpdateWork(tp, record.offset, None))
+                continue
+            if isinstance(command, RdataCommand):
+                metrics.commands_in.labels("RDATA", command.stream_name).inc()
+                batch.extend(self._on_rdata(command, tp, record, state, tracker))
+            elif isinstance(command, PositionCommand):
+                metrics.commands_in.labels("POSITION", command.stream_name).inc()
+                batch.extend(
+                    self._on_position(command, tp, record.offset, state, tracker)
+                )
+            else:
+                batch.append(UpdateWork(tp, record.offset, None))
+        for name, batch in batches.items():
+            self._streams[name].pending.append(batch)
+
+    def _on_rdata(
+        self,
+        command: RdataCommand,
+        tp: TP,
+        record: KafkaRecord,
+        state: _StreamState,
+        tracker: PositionTracker,
+    ) -> list[Work]:
+        token = command.token
+        if command.stream_name != state.name or token is None:
+            self._dead_letter_record(
+                record, "RDATA for another stream or without a token"
+            )
+            return [UpdateWork(tp, record.offset, None)]
+        decision = tracker.observe_rdata(
+            command.stream_name, command.instance_name, token, len(command.rows)
+        )
+        if isinstance(decision, Apply):
+            update = StreamUpdate(
+                command.stream_name, command.instance_name, token, command.rows, "kafka"
+            )
+            return [UpdateWork(tp, record.offset, update, raw=record.value)]
+        if isinstance(decision, Drop):
+            self._metrics.rows_dropped.labels(state.name, "duplicate").inc(
+                len(command.rows)
+            )
+            return [UpdateWork(tp, record.offset, None)]
+        if isinstance(decision, Backfill):
+            # An RDATA from a writer we have no token for: the backfill reads the rows
+            # before it *and* this record's rows (the writer persisted them first).
+            return [
+                *self._backfill_work(decision, state, tracker),
+                UpdateWork(tp, record.offset, None),
+            ]
+        if isinstance(decision, Reset | Gap):
+            update = StreamUpdate(
+                command.stream_name, command.instance_name, token, command.rows, "kafka"
+            )
+            return [UpdateWork(tp, record.offset, update, raw=record.value)]
+        assert_never(decision)
+
+    def _on_position(
+        self,
+        command: PositionCommand,
+        tp: TP,
+        offset: int,
+        state: _StreamState,
+        tracker: PositionTracker,
+    ) -> list[Work]:
+        decision = tracker.observe_position(
+            command.stream_name,
+            command.instance_name,
+            command.prev_token,
+            command.new_token,
+        )
+        writer_token = (command.instance_name, command.new_token)
+        if isinstance(decision, Drop):
+            return [UpdateWork(tp, offset, None)]
+        if isinstance(decision, Apply | Reset):
+            return [UpdateWork(tp, offset, None, token_after=writer_token)]
+        if isinstance(decision, Gap):
+            # Typing, federation and presence_federation live only in their writer's
+            # memory: the missing rows cannot be read back. Count it and move on, as
+            # a Synapse worker does when its HTTP catch-up finds nothing.
+            self._metrics.backfills.labels(state.name, "unavailable").inc()
+            logger.warning(
+                "%s/%s: tokens (%d, %d] were missed and cannot be read back",
+                state.name,
+                decision.writer,
+                decision.from_token,
+                decision.to_token,
+            )
+            return [UpdateWork(tp, offset, None, token_after=writer_token)]
+        if isinstance(decision, Backfill):
+            return [
+                *self._backfill_work(decision, state, tracker),
+                UpdateWork(tp, offset, None, token_after=writer_token),
+            ]
+        assert_never(decision)
+
+    @staticmethod
+    def _backfill_work(
+        decision: Backfill, state: _StreamState, tracker: PositionTracker
+    ) -> list[Work]:
+        """Queue the backfill in the stream's worker, ahead of every later record.
+
+        The worker runs it before anything queued after it, so the tracker can count
+        it as done now: later records of this writer are judged against its end.
+        """
+        tracker.backfilled(decision.stream, decision.writer, decision.to_token)
+        return [BackfillWork(decision.writer, decision.from_token, decision.to_token)]
+
+    def _flush_pending(self, consumer: Consumer) -> None:
+        """Hand pending batches to workers; pause a stream whose queue is full."""
+        for state in self._streams.values():
+            while state.pending:
+                if not state.worker.offer(state.pending[0]):
+                    break
+                state.pending.pop(0)
+            full = bool(state.pending)
+            if full and not state.paused:
+                consumer.pause((state.topic, p) for p in state.partitions)
+                state.paused = True
+            elif not full and state.paused:
+                consumer.resume((state.topic, p) for p in state.partitions)
+                state.paused = False
+
+    def _check_workers(self) -> None:
+        for state in self._streams.values():
+            failure = state.worker.failure
+            if failure is not None:
+                if isinstance(failure, AdapterError):
+                    raise failure
+                raise AdapterError(
+                    f"stream {state.name} failed: {failure}"
+                ) from failure
+
+    def _commit(self, consumer: Consumer) -> None:
+        """Commit, per partition, the offset after the last finished record."""
+        offsets: list[Committed] = []
+        for state in self._streams.values():
+            done, tokens = state.worker.progress()
+            initial_done = state.worker.initial_backfill_pending == 0 and not any(
+                any(isinstance(w, BackfillWork) and w.initial for w in b)
+                for b in state.pending
+            )
+            metadata = (
+                encode_commit_metadata({(state.name, w): t for w, t in tokens.items()})
+                if tokens
+                else None
+            )
+            for p in state.partitions:
+                tp = (state.topic, p)
+                offset = done[tp] + 1 if tp in done else None
+                start = state.start.get(p, BEGINNING)
+                if offset is None and start >= 0 and initial_done:
+                    # Nothing consumed yet, but the skipped range below the pinned head
+                    # is covered by the finished backfill: commit the head.
+                    offset = start
+                if offset is None or offset <= self._committed.get(tp, -1):
+                    continue
+                offsets.append(Committed(state.topic, p, offset, metadata))
+        if offsets:
+            consumer.commit(offsets)
+            for c in offsets:
+                self._committed[(c.topic, c.partition)] = c.offset or 0
+
+    def _update_caught_up(self) -> bool:
+        all_up = True
+        for state in self._streams.values():
+            done, _ = state.worker.progress()
+            backfilling = state.worker.initial_backfill_pending > 0 or any(
+                any(isinstance(w, BackfillWork) and w.initial for w in b)
+                for b in state.pending
+            )
+            reached = all(
+                state.head[p] <= max(state.start.get(p, 0), 0)
+                or done.get((state.topic, p), -1) + 1 >= state.head[p]
+                for p in state.partitions
+            )
+            up = reached and not backfilling
+            if up != state.caught_up:
+                with self._lock:
+                    state.caught_up = up
+                self._metrics.caught_up.labels(state.name).set(1 if up else 0)
+                if up:
+                    logger.info("%s: caught up", state.name)
+            all_up = all_up and up
+        return all_up
+
+    def _shut_down(self, consumer: Consumer, worker_stop: threading.Event) -> None:
+        """Finish in-flight handlers, commit what finished, close."""
+        timeout = self._options.shutdown_timeout_s
+        failed = any(s.worker.failure is not None for s in self._streams.values())
+        if failed:
+            worker_stop.set()
+        for state in self._streams.values():
+            if not state.worker.stop(timeout):
+                worker_stop.set()
+                logger.warning(
+                    "%s: handler did not finish within %.0f s", state.name, timeout
+                )
+        try:
+            self._commit(consumer)
+        except KafkaIOError as exc:
+            logger.warning("final commit failed: %s", exc)
+        finally:
+            consumer.close()
+            if self._dlq_producer is not None:
+                self._dlq_producer.close()
+
+    # -- dead letters and statistics ------------------------------------------------
+
+    def _dlq(self) -> Producer:
+        producer = self._dlq_producer
+        if producer is None:
+            producer = Producer(
+                self._kafka, client_id=f"synkafka-{self._options.instance_name}-dlq"
+            )
+            self._dlq_producer = producer
+        return producer
+
+    def _dead_letter_record(self, record: KafkaRecord, reason: str) -> None:
+        """Write ``record`` to the dead-letter topic and wait for the broker's ack."""
+        topic = topics.dlq_topic(self._options.prefix)
+        headers = [
+            (topics.HEADER_DLQ_SOURCE, record.where.encode()),
+            (topics.HEADER_DLQ_REASON, reason.encode()),
+            ("dlq.topic", record.topic.encode()),
+            ("dlq.partition", str(record.partition).encode()),
+            ("dlq.offset", str(record.offset).encode()),
+            *[(k, v) for k, v in record.headers if not k.startswith("dlq.")],
+        ]
+        producer = self._dlq()
+        producer.produce(topic, record.value, key=record.key, headers=headers)
+        producer.flush()
+        self._metrics.dead_letters.labels(record.topic, reason.split(":", 1)[0]).inc()
+
+    def _dead_letter_update(
+        self, update: StreamUpdate | None, raw: bytes | None, reason: str
+    ) -> None:
+        topic = topics.dlq_topic(self._options.prefix)
+        stream = update.stream_name if update else ""
+        headers = [
+            (topics.HEADER_DLQ_REASON, reason.encode()),
+            (topics.HEADER_DLQ_SOURCE, f"handler:{stream}".encode()),
+        ]
+        if update is not None:
+            headers += [
+                (topics.HEADER_STREAM, update.stream_name.encode()),
+                (topics.HEADER_WRITER, update.instance_name.encode()),
+                ("token", str(update.token).encode()),
+            ]
+        producer = self._dlq()
+        producer.produce(
+            topic, raw, key=update.instance_name if update else None, headers=headers
+        )
+        producer.flush()
+        self._metrics.dead_letters.labels(
+            topics.stream_topic(self._options.prefix, stream) if stream else topic,
+            "handler",
+        ).inc()
+
+    def _on_stats(self, stats: Mapping[str, object]) -> None:
+        """Export per-partition consumer lag from librdkafka's statistics."""
+        brokers = stats.get("brokers")
+        if isinstance(brokers, dict):
+            self.broker_up = any(
+                isinstance(b, dict)
+                and b.get("state") == "UP"
+                and b.get("nodeid", -1) != -1
+                for b in brokers.values()
+            )
+        topics_stats = stats.get("topics")
+        if not isinstance(topics_stats, dict):
+            return
+        for topic, tstats in topics_stats.items():
+            if topic not in self._by_topic or not isinstance(tstats, dict):
+                continue
+            partitions = tstats.get("partitions")
+            if not isinstance(partitions, dict):
+                continue
+            for pid, pstats in partitions.items():
+                if pid == "-1" or not isinstance(pstats, dict):
+                    continue
+                lag = pstats.get("consumer_lag")
+                if isinstance(lag, int) and lag >= 0:
+                    self._metrics.consumer_lag_messages.labels(topic, pid).set(lag)

@@ -1,0 +1,199 @@
+"""``Publisher``: replication commands onto their Kafka topics.
+
+Routing (DESIGN.md, "Topics"):
+
+* RDATA and POSITION go to ``<prefix>.stream.<stream>`` keyed by the writer, so every
+  record of one (stream, writer) lands in one partition, in order. An RDATA record
+  carries every row of its token: there is no ``batch`` sentinel on Kafka.
+* POSITION also goes to the compacted ``<prefix>.positions`` topic keyed
+  ``<stream>/<writer>``, so a new reader learns every writer's position without
+  scanning; :meth:`Publisher.flush` also records the last RDATA token of each writer
+  there.
+* USER_SYNC, CLEAR_USER_SYNC and presence snapshots go to ``<prefix>.presence.syncs``
+  keyed by instance ID; USER_IP to ``<prefix>.user_ip`` keyed by user ID; every other
+  command to ``<prefix>.commands``.
+
+Headers name the command, stream and writer so tools can route without decoding.
+Every delivery is checked by the producer; a failure surfaces as ``DeliveryError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from adapter import topics
+from adapter.codec import encode
+from adapter.commands import (
+    ClearUserSyncsCommand,
+    Command,
+    PositionCommand,
+    RdataCommand,
+    UserIpCommand,
+    UserSyncCommand,
+)
+from adapter.kafka.producer import DeliveryCallback, Producer
+from adapter.metrics import Metrics
+from adapter.records import PresenceSnapshot
+
+__all__ = ["Publisher"]
+
+
+class Publisher:
+    """Encodes commands and produces them to the right topic with the right key.
+
+    Args:
+        producer: the (idempotent) producer to use.
+        prefix: the topic prefix.
+        metrics: where to count commands out.
+    """
+
+    def __init__(
+        self, producer: Producer, prefix: str, *, metrics: Metrics | None = None
+    ) -> None:
+        self._producer = producer
+        self._prefix = prefix
+        self._metrics = metrics
+        self._stream_topics: dict[str, str] = {}
+        self._positions_topic = topics.positions_topic(prefix)
+        # The last token published per (stream, writer) that the positions topic
+        # does not have yet.
+        self._unannounced: dict[tuple[str, str], int] = {}
+
+    @property
+    def producer(self) -> Producer:
+        """The underlying producer."""
+        return self._producer
+
+    def _stream_topic(self, stream: str) -> str:
+        topic = self._stream_topics.get(stream)
+        if topic is None:
+            topic = self._stream_topics[stream] = topics.stream_topic(
+                self._prefix, stream
+            )
+        return topic
+
+    def publish_rdata(
+        self,
+        stream_name: str,
+        instance_name: str,
+        token: int,
+        rows: Sequence[Any],
+        *,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Publish every row of one token of one writer as one record."""
+        self.publish(
+            RdataCommand(stream_name, instance_name, token, tuple(rows)),
+            on_delivery=on_delivery,
+        )
+
+    def publish_position(
+        self,
+        stream_name: str,
+        instance_name: str,
+        prev_token: int,
+        new_token: int,
+        *,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Publish POSITION(prev, new) for one writer (and record it as its position)."""
+        self.publish(
+            PositionCommand(stream_name, instance_name, prev_token, new_token),
+            on_delivery=on_delivery,
+        )
+
+    def publish(
+        self,
+        command: Command | PresenceSnapshot,
+        *,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Route, encode and produce one command.
+
+        Raises:
+            EncodeError: the command does not fit its schema (RDATA without a token,
+                for example).
+            DeliveryError: this or an earlier record was not delivered.
+        """
+        value = encode(command)
+        topic, key, headers = self._route(command)
+        self._producer.produce(
+            topic, value, key=key, headers=headers, on_delivery=on_delivery
+        )
+        if isinstance(command, PositionCommand):
+            self._producer.produce(
+                self._positions_topic,
+                value,
+                key=topics.position_key(command.stream_name, command.instance_name),
+                headers=headers,
+            )
+            self._unannounced.pop((command.stream_name, command.instance_name), None)
+        elif isinstance(command, RdataCommand) and command.token is not None:
+            self._unannounced[(command.stream_name, command.instance_name)] = (
+                command.token
+            )
+        if self._metrics is not None:
+            name = "PRESENCE" if isinstance(command, PresenceSnapshot) else command.NAME
+            stream = getattr(command, "stream_name", "")
+            self._metrics.commands_out.labels(name, stream).inc()
+
+    def _route(
+        self, command: Command | PresenceSnapshot
+    ) -> tuple[str, str | None, list[tuple[str, bytes]]]:
+        prefix = self._prefix
+        if isinstance(command, RdataCommand | PositionCommand):
+            return (
+                self._stream_topic(command.stream_name),
+                topics.stream_key(command.instance_name),
+                [
+                    (topics.HEADER_COMMAND, command.NAME.encode()),
+                    (topics.HEADER_STREAM, command.stream_name.encode()),
+                    (topics.HEADER_WRITER, command.instance_name.encode()),
+                ],
+            )
+        if isinstance(command, PresenceSnapshot):
+            return (
+                topics.presence_topic(prefix),
+                topics.presence_key(command.instance_id),
+                [(topics.HEADER_COMMAND, b"PRESENCE")],
+            )
+        headers = [(topics.HEADER_COMMAND, command.NAME.encode())]
+        if isinstance(command, UserSyncCommand | ClearUserSyncsCommand):
+            return (
+                topics.presence_topic(prefix),
+                topics.presence_key(command.instance_id),
+                headers,
+            )
+        if isinstance(command, UserIpCommand):
+            return (
+                topics.user_ip_topic(prefix),
+                topics.user_ip_key(command.user_id),
+                headers,
+            )
+        return topics.commands_topic(prefix), topics.command_key(command.NAME), headers
+
+    def announce_positions(self) -> None:
+        """Record on the positions topic the last RDATA token of every writer published."""
+        for (stream, writer), token in sorted(self._unannounced.items()):
+            value = encode(PositionCommand(stream, writer, token, token))
+            self._producer.produce(
+                self._positions_topic,
+                value,
+                key=topics.position_key(stream, writer),
+                headers=[
+                    (topics.HEADER_COMMAND, b"POSITION"),
+                    (topics.HEADER_STREAM, stream.encode()),
+                    (topics.HEADER_WRITER, writer.encode()),
+                ],
+            )
+        self._unannounced.clear()
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Announce positions and wait for every record to be acknowledged.
+
+        Raises:
+            DeliveryError: a record was not delivered.
+        """
+        self.announce_positions()
+        self._producer.flush(timeout_s)
