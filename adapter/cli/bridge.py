@@ -1,0 +1,172 @@
+"""``synkafka bridge``: a live Synapse's Redis replication into Kafka."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Annotated
+
+import typer
+
+from adapter.backoff import Backoff
+from adapter.cli._app import app
+from adapter.cli.common import (
+    BootstrapOpt,
+    KafkaPasswordFileOpt,
+    KafkaPasswordOpt,
+    KafkaUserOpt,
+    LogLevelOpt,
+    OverridesOpt,
+    PrefixOpt,
+    SaslMechanismOpt,
+    SecurityProtocolOpt,
+    SslCaOpt,
+    SslCertOpt,
+    SslKeyOpt,
+    kafka_settings,
+    resolve_prefix,
+    setup_logging,
+)
+from adapter.cli.consume import install_stop_signals
+from adapter.config import DEFAULT_BOOTSTRAP_SERVERS
+from adapter.errors import KafkaIOError
+from adapter.kafka.consumer import Consumer
+from adapter.kafka.producer import Producer
+from adapter.metrics import default_metrics
+from adapter.redis_io import ReplicationSubscriber
+from adapter.runtime.backfill import DatabaseReader
+from adapter.runtime.bridge import Bridge
+from adapter.runtime.health import Check, HealthServer
+from adapter.runtime.lag import read_positions_topic
+
+__all__ = ["bridge"]
+
+logger = logging.getLogger(__name__)
+
+
+@app.command()
+def bridge(
+    redis: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            envvar="SYNKAFKA_REDIS_URL",
+            help="Synapse's Redis: redis://[user:password@]host:port, rediss:// for TLS.",
+            show_default=False,
+        ),
+    ],
+    server_name: Annotated[
+        str,
+        typer.Option(
+            "--server-name",
+            envvar="SYNKAFKA_SERVER_NAME",
+            help="The homeserver's server_name (its Redis channel).",
+            show_default=False,
+        ),
+    ],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="SYNKAFKA_DB",
+            help="Synapse's database, to repair gaps: postgresql://... or sqlite:///path.",
+            show_default=False,
+        ),
+    ] = None,
+    prefix: PrefixOpt = None,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            envvar="SYNKAFKA_METRICS_PORT",
+            help="Port for /metrics, /health and /ready (0: a free port, -1: off).",
+        ),
+    ] = 9467,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host", envvar="SYNKAFKA_METRICS_HOST", help="Bind address."
+        ),
+    ] = "127.0.0.1",
+    log_level: LogLevelOpt = "INFO",
+    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
+    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
+    sasl_mechanism: SaslMechanismOpt = None,
+    kafka_username: KafkaUserOpt = None,
+    kafka_password: KafkaPasswordOpt = None,
+    kafka_password_file: KafkaPasswordFileOpt = None,
+    ssl_ca: SslCaOpt = None,
+    ssl_cert: SslCertOpt = None,
+    ssl_key: SslKeyOpt = None,
+    x: OverridesOpt = None,
+) -> None:
+    """Follow a Synapse homeserver's Redis replication and publish it to Kafka.
+
+    With --db, rows Redis lost (while a connection was down, or while the bridge was
+    stopped) are read from Synapse's database and published in order. SIGTERM or
+    Ctrl-C flushes everything and exits 0.
+    """
+    setup_logging(log_level)
+    settings = kafka_settings(
+        bootstrap_servers,
+        security_protocol,
+        sasl_mechanism,
+        kafka_username,
+        kafka_password,
+        kafka_password_file,
+        ssl_ca,
+        ssl_cert,
+        ssl_key,
+        x,
+    )
+    resolved = resolve_prefix(prefix, server_name)
+    metrics = default_metrics()
+    stop = threading.Event()
+    install_stop_signals(stop)
+    subscriber = ReplicationSubscriber(redis, server_name)
+    server = None
+    if metrics_port >= 0:
+        server = HealthServer(
+            metrics.registry,
+            alive=lambda: Check(not stop.is_set(), "stopping"),
+            broker=lambda: Check(True),
+            ready=lambda: {"redis": subscriber.connected},
+            host=metrics_host,
+            port=metrics_port,
+        )
+        server.start()
+    backoff = Backoff()
+    dsn = db
+    try:
+        while not stop.is_set():
+            producer = Producer(
+                settings,
+                client_id=f"synkafka-bridge-{server_name}",
+                metrics=metrics,
+                extra={"linger.ms": "2"},
+            )
+            try:
+                reader = Consumer(settings, f"{resolved}.synkafka-bridge-positions")
+                try:
+                    published = read_positions_topic(reader, resolved)
+                finally:
+                    reader.close()
+                Bridge(
+                    subscriber,
+                    producer,
+                    resolved,
+                    metrics=metrics,
+                    open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
+                    published=published,
+                ).run(stop)
+                backoff.reset()
+            except KafkaIOError as exc:
+                delay = backoff.next_delay()
+                metrics.reconnects.labels("kafka").inc()
+                logger.warning(
+                    "Kafka failed: %s; restarting the bridge in %.1f s", exc, delay
+                )
+                stop.wait(delay)
+    finally:
+        if server is not None:
+            server.stop()
