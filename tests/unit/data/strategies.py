@@ -45,12 +45,10 @@ from adapter.rows import (
 
 LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # Any text UTF-8 can carry (lone surrogates cannot be encoded).
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=24)
-LINE_TEXT = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=24
-)
+TEXT = st.text(st.characters(codec="utf-8"), max_size=24)
+LINE_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=24)
 WORDS = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters=" \n"),
+    st.characters(codec="utf-8", exclude_characters=" \n"),
     min_size=1,
     max_size=16,
 )
