@@ -150,7 +150,12 @@ def _compile(
     ]
     if extra:
         raise SchemaError(f"{schema['name']} fields {extra} need a default")
-    to_items = ", ".join(f"{n!r}: obj.{n}" for n in names)
+    # Tuples go to fastavro as lists: inside a union fastavro would take a tuple for
+    # its (branch name, value) notation.
+    to_items = ", ".join(
+        (f"{n!r}: _list_or_none(obj.{n})" if n in tuple_fields else f"{n!r}: obj.{n}")
+        for n in names
+    )
     if names == schema_names and not tuple_fields:
         # The common case: the dict's values come in the constructor's order.
         from_src = "def from_dict(d):\n    return cls(*d.values())\n"
@@ -160,7 +165,11 @@ def _compile(
             for n in names
         )
         from_src = f"def from_dict(d):\n    return cls({args})\n"
-    namespace: dict[str, Any] = {"cls": cls, "_tuple_or_none": _tuple_or_none}
+    namespace: dict[str, Any] = {
+        "cls": cls,
+        "_tuple_or_none": _tuple_or_none,
+        "_list_or_none": _list_or_none,
+    }
     source = f"def to_dict(obj):\n    return {{{to_items}}}\n" + from_src
     # Generated once per type at start-up from field names we control, as dataclasses
     # does for __init__: a literal dict display is much faster than any generic loop.
@@ -170,6 +179,10 @@ def _compile(
 
 def _tuple_or_none(value: list[Any] | None) -> tuple[Any, ...] | None:
     return None if value is None else tuple(value)
+
+
+def _list_or_none(value: tuple[Any, ...] | None) -> list[Any] | None:
+    return None if value is None else list(value)
 
 
 def _tuple_fields(cls: type[Any]) -> set[str]:
@@ -450,7 +463,7 @@ def _find_bad_field(datum: Any, schema: AvroSchema, path: str) -> tuple[str, str
                 "boolean": type(value) is bool,
                 "long": type(value) is int and _LONG_MIN <= value <= _LONG_MAX,
                 "int": type(value) is int and -(2**31) <= value < 2**31,
-                "string": type(value) is str,
+                "string": type(value) is str and _utf8_encodable(value),
                 "bytes": type(value) is bytes,
                 "double": type(value) in (int, float),
                 "float": type(value) in (int, float),
@@ -480,6 +493,14 @@ def _find_bad_field(datum: Any, schema: AvroSchema, path: str) -> tuple[str, str
 
     found = walk(datum, schema, "")
     return found if found is not None else (path, "")
+
+
+def _utf8_encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _join(where: str, name: str) -> str:
