@@ -254,7 +254,7 @@ def test_referenced_files_volumes_and_env_files_exist(compose: dict[str, Any]) -
 
 
 def test_no_secrets_inline(compose: dict[str, Any]) -> None:
-    secretish = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b|DSN|DATABASE_URL", re.I)
+    secretish = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b|DSN|DATABASE_URL|SYNKAFKA_DB\b", re.I)
     text = COMPOSE.read_text()
     for example in (REPO / "deploy" / "env").glob("*.env.example"):
         for line in example.read_text().splitlines():
@@ -279,7 +279,7 @@ def test_env_examples_agree_on_the_database_password() -> None:
 
     password = read("postgres")["POSTGRES_PASSWORD"]
     assert read("synapse")["PGPASSWORD"] == password
-    assert f":{password}@postgres:" in read("synkafka")["SYNKAFKA_DATABASE_URL"]
+    assert f":{password}@postgres:" in read("synkafka")["SYNKAFKA_DB"]
 
 
 def test_synapse_config_enables_redis_and_the_worker(compose: dict[str, Any]) -> None:
