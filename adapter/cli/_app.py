@@ -42,8 +42,8 @@ def root(
         typer.Option(
             "--config",
             envvar="SYNKAFKA_CONFIG",
-            help="TOML file with option defaults: top-level keys for every command, "
-            "[consume], [topics.ensure]... tables for one.",
+            help="TOML file with option defaults: top-level keys apply to every "
+            "command, a table named after a command (consume, topics.ensure...) to one.",
             show_default=False,
         ),
     ] = None,
