@@ -32,12 +32,12 @@ def test_update_is_written_as_one_json_line_with_wire_rows() -> None:
 def test_lines_from_many_threads_never_interleave() -> None:
     out = io.StringIO()
     sink = JsonLinesSink(out)
-    threads = [
-        threading.Thread(
-            target=lambda n=n: [sink(_update(n * 1000 + i)) for i in range(200)]
-        )
-        for n in range(4)
-    ]
+
+    def write(n: int) -> None:
+        for i in range(200):
+            sink(_update(n * 1000 + i))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
