@@ -267,7 +267,9 @@ class Consumer:
             ConsumeError: the broker refused the commit.
         """
         tps = [
-            TopicPartition(c.topic, c.partition, c.offset or 0, metadata=c.metadata or "")
+            TopicPartition(
+                c.topic, c.partition, c.offset or 0, metadata=c.metadata or ""
+            )
             for c in offsets
             if c.offset is not None
         ]

@@ -254,7 +254,9 @@ def test_referenced_files_volumes_and_env_files_exist(compose: dict[str, Any]) -
 
 
 def test_no_secrets_inline(compose: dict[str, Any]) -> None:
-    secretish = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b|DSN|DATABASE_URL|SYNKAFKA_DB\b", re.I)
+    secretish = re.compile(
+        r"PASSWORD|SECRET|TOKEN|_KEY\b|DSN|DATABASE_URL|SYNKAFKA_DB\b", re.I
+    )
     text = COMPOSE.read_text()
     for example in (REPO / "deploy" / "env").glob("*.env.example"):
         for line in example.read_text().splitlines():
