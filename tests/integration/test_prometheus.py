@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -34,8 +35,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from adapter.config import KafkaSettings
+from adapter.kafka.producer import Producer
 from adapter.metrics import Metrics
+from adapter.rows import row_from_wire
 from adapter.runtime.health import Check, HealthServer
+from adapter.runtime.publisher import Publisher
+from tests.integration.harness import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_YML = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -203,6 +209,69 @@ def scrape_target() -> Iterator[str]:
     process.stop()
 
 
+LIVE_JOB = "synkafka-live-consumer"
+
+
+@pytest.fixture(scope="module")
+def live_consumer(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``host:port`` of a real ``synkafka consume`` process that handled 3 updates."""
+    prefix = f"prom.{random.getrandbits(32):08x}"
+    work = tmp_path_factory.mktemp("live-consumer")
+    ensure_topics(kafka_bootstrap, prefix, ["typing"])
+    publisher = Publisher(
+        Producer(KafkaSettings(bootstrap_servers=kafka_bootstrap)), prefix
+    )
+    for token in (1, 2, 3):
+        publisher.publish_rdata(
+            "typing",
+            "master",
+            token,
+            [row_from_wire("typing", ["!r:test", ["@a:test"]])],
+        )
+    publisher.flush()
+    port = _free_port()
+    out = work / "rows.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "adapter",
+            "consume",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--prefix",
+            prefix,
+            "--instance-name",
+            "prom",
+            "--stream",
+            "typing",
+            "--from",
+            "earliest",
+            "--output",
+            str(out),
+            "--metrics-port",
+            str(port),
+            "--no-progress",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _poll(
+            "the live consumer's 3 updates",
+            lambda: (
+                True
+                if out.exists() and len(out.read_text().splitlines()) == 3
+                else None
+            ),
+        )
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 # Prometheus.
 
 
@@ -231,7 +300,7 @@ class _Prometheus:
 
 @pytest.fixture(scope="module")
 def prometheus(
-    scrape_target: str, tmp_path_factory: pytest.TempPathFactory
+    scrape_target: str, live_consumer: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[_Prometheus]:
     binary = shutil.which("prometheus")
     assert binary, "prometheus not found: run dev/bootstrap-system (as root)"
@@ -242,7 +311,8 @@ def prometheus(
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": [scrape_target]}]}
             for job in JOBS
-        ],
+        ]
+        + [{"job_name": LIVE_JOB, "static_configs": [{"targets": [live_consumer]}]}],
     }
     (work / "prometheus.yml").write_text(json.dumps(config, indent=2))
     port = _free_port()
@@ -289,7 +359,7 @@ def scraped(prometheus: _Prometheus) -> _Prometheus:
     def targets_up() -> bool | None:
         active = prometheus.get("/api/v1/targets")["activeTargets"]
         up = [t for t in active if t["health"] == "up"]
-        return True if len(up) == len(JOBS) == len(active) else None
+        return True if len(up) == len(JOBS) + 1 == len(active) else None
 
     _poll("both targets up", targets_up)
 
@@ -409,3 +479,21 @@ def test_every_alert_fires_on_a_troubled_process(scraped: _Prometheus) -> None:
 
     active = _poll("every alert pending or firing", all_active)
     assert not active & CANNOT_FIRE_HERE
+
+
+def test_a_real_consumer_is_scraped_with_its_progress(scraped: _Prometheus) -> None:
+    job = f'job="{LIVE_JOB}"'
+    applied = scraped.query(f"sum(synkafka_rows_applied_total{{{job}}})")
+    assert applied
+    assert float(applied[0]["value"][1]) == 3
+    caught_up = scraped.query(f'synkafka_caught_up{{{job},stream="typing"}}')
+    assert caught_up
+    assert float(caught_up[0]["value"][1]) == 1
+    position = scraped.query(
+        f'synkafka_stream_position{{{job},stream="typing",writer="master"}}'
+    )
+    assert position
+    assert float(position[0]["value"][1]) == 3
+    ready = scraped.query(f"up{{{job}}}")
+    assert ready
+    assert float(ready[0]["value"][1]) == 1
