@@ -28,16 +28,18 @@ from adapter.cli.common import (
     setup_logging,
 )
 from adapter.cli.consume import install_stop_signals
-from adapter.config import DEFAULT_BOOTSTRAP_SERVERS
-from adapter.errors import KafkaIOError
+from adapter.config import DEFAULT_BOOTSTRAP_SERVERS, KafkaSettings
+from adapter.errors import ConfigError, KafkaIOError
 from adapter.kafka.consumer import Consumer
 from adapter.kafka.producer import Producer
 from adapter.metrics import default_metrics
+from adapter.records import PresenceSnapshot
 from adapter.redis_io import ReplicationSubscriber
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.bridge import Bridge
 from adapter.runtime.health import Check, HealthServer
 from adapter.runtime.lag import read_positions_topic
+from adapter.runtime.presence_view import PresenceFollower
 
 __all__ = ["bridge"]
 
@@ -104,7 +106,7 @@ def bridge(
 
     With --db, rows Redis lost (while a connection was down, or while the bridge was
     stopped) are read from Synapse's database and published in order. SIGTERM or
-    Ctrl-C flushes everything and exits 0.
+    Ctrl-C flushes everything and exits 0 (1 if the final flush failed).
     """
     setup_logging(log_level)
     settings = kafka_settings(
@@ -137,6 +139,7 @@ def bridge(
         server.start()
     backoff = Backoff()
     dsn = db
+    failed = False
     try:
         while not stop.is_set():
             producer = Producer(
@@ -146,11 +149,7 @@ def bridge(
                 extra={"linger.ms": "2"},
             )
             try:
-                reader = Consumer(settings, f"{resolved}.synkafka-bridge-positions")
-                try:
-                    published = read_positions_topic(reader, resolved)
-                finally:
-                    reader.close()
+                published, presence = _read_state(settings, resolved)
                 Bridge(
                     subscriber,
                     producer,
@@ -158,9 +157,15 @@ def bridge(
                     metrics=metrics,
                     open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
                     published=published,
+                    presence=presence,
                 ).run(stop)
                 backoff.reset()
             except KafkaIOError as exc:
+                if stop.is_set():
+                    # The final flush failed: some records may not be on Kafka.
+                    logger.error("Kafka failed while shutting down: %s", exc)  # noqa: TRY400
+                    failed = True
+                    break
                 delay = backoff.next_delay()
                 metrics.reconnects.labels("kafka").inc()
                 logger.warning(
@@ -170,3 +175,36 @@ def bridge(
     finally:
         if server is not None:
             server.stop()
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _read_state(
+    settings: KafkaSettings, prefix: str
+) -> tuple[dict[tuple[str, str], int], dict[str, PresenceSnapshot]]:
+    """What is on Kafka already: each writer's last token and the syncing sets.
+
+    Raises:
+        KafkaIOError: the broker failed.
+    """
+    reader = Consumer(settings, f"{prefix}.synkafka-bridge-positions")
+    try:
+        published = read_positions_topic(reader, prefix)
+    finally:
+        reader.close()
+    follower = PresenceFollower(
+        Consumer(settings, f"{prefix}.synkafka-bridge-presence"), prefix
+    )
+    try:
+        follower.replay()
+        presence = follower.state()
+    except ConfigError:
+        presence = {}  # no presence topic yet
+    finally:
+        follower.close()
+    logger.info(
+        "resuming after %d stream writers and %d presence instances on Kafka",
+        len(published),
+        len(presence),
+    )
+    return published, presence

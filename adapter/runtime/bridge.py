@@ -1,26 +1,40 @@
 """The bridge: a live Synapse's Redis replication, published to Kafka, with gaps repaired.
 
-For every line Synapse publishes on ``<server_name>`` and ``<server_name>/USER_IP``:
+For every line Synapse publishes on ``<server_name>`` and ``<server_name>/USER_IP``
+(parsed with :func:`adapter.commands.parse_line`):
 
 * ``RDATA``: rows of one token are joined per (stream, writer) (Synapse's ``batch``
   lines; keyed by writer too, unlike Synapse, so two writers' batches never mix) and
   published as ONE record on the stream's topic;
 * ``POSITION``: published on the stream's topic and the positions topic;
 * ``USER_SYNC`` / ``CLEAR_USER_SYNC``: folded into each instance's syncing set, which is
-  published whole on the compacted presence topic (the format of
-  :mod:`adapter.presence`); the snapshot's heartbeat is the time of the instance's last
-  USER_SYNC, so a worker that stops talking expires as it would in Synapse;
-* ``USER_IP``: to the user_ip topic (its access token is never logged);
+  published whole on the compacted presence topic (a
+  :class:`~adapter.records.PresenceSnapshot`); the snapshot's heartbeat is the time
+  of the instance's last USER_SYNC, so a worker that stops talking expires as it
+  would in Synapse. A clear is published as the clear command itself, which the
+  presence view applies (and later tombstones);
+* ``USER_IP``: to the user_ip topic. Its access token is never logged;
 * everything else: to the commands topic.
+
+A line that does not parse (or whose command does not fit its Avro schema) goes to the
+dead-letter topic as text, with every access token masked, and is counted; the bridge
+carries on.
 
 **Gap repair.** Redis pub/sub drops what is published while a connection is down.
 The bridge tracks, per (stream, writer), the last token it published (seeded at start
-from the positions topic, so it also repairs what happened while it was stopped). A
-``POSITION`` whose ``prev`` is past that token, or, right after a reconnect, an
-``RDATA`` past it, means rows were missed: with a database, the bridge reads them
-(from Synapse's own tables) and publishes them in token order before going on, so the
-Kafka log holds every token. Without one it publishes what it has and counts the gap;
-consumers then backfill.
+from the positions topic, so it also repairs what happened while it was stopped). Two
+things mean rows were missed:
+
+* a ``POSITION`` whose ``prev`` is past that token (Synapse's own gap test in
+  ``_process_position``), which every instance sends in answer to the bridge's
+  ``REPLICATE`` after a reconnect;
+* right after a reconnect, an ``RDATA`` more than one token past it.
+
+With a database the bridge reads the missing rows (from Synapse's own tables, through
+:class:`~adapter.ports.BackfillReader`) and publishes them in token order before going
+on, so the Kafka log holds every token; live RDATA at or below the repaired token is
+then a duplicate and dropped. Without a database it publishes what it has and counts
+the gap (``synkafka_bridge_gaps{outcome="unrepaired"}``); consumers then backfill.
 
 The bridge never writes RDATA or POSITION into Redis; its only Redis command is
 ``REPLICATE`` after each (re)connect.
@@ -32,21 +46,20 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from adapter import topics
 from adapter.commands import (
     ClearUserSyncsCommand,
-    Command,
     PositionCommand,
     RdataCommand,
-    UserIpCommand,
     UserSyncCommand,
     parse_line,
 )
-from adapter.errors import AdapterError, BackfillError, DecodeError, KafkaIOError
-from adapter.kafka.producer import Delivered, Producer
+from adapter.errors import AdapterError, BackfillError, DecodeError, EncodeError
+from adapter.kafka.producer import Delivered, DeliveryCallback, Producer
 from adapter.metrics import Metrics
 from adapter.ports import BackfillReader
 from adapter.records import PresenceSnapshot, SyncingDevice
@@ -54,26 +67,57 @@ from adapter.redis_io import RedisMessage, ReplicationSubscriber
 from adapter.rows import Row
 from adapter.runtime.publisher import Publisher
 
-__all__ = ["Bridge", "mask_access_tokens"]
+__all__ = ["DEFAULT_ANNOUNCE_INTERVAL_S", "Bridge", "BridgeStats", "mask_access_tokens"]
 
 logger = logging.getLogger(__name__)
 
-# Synapse access tokens (syt_...), and the first JSON string of a USER_IP line, which
-# is the token whatever its shape.
-_SYT_RE = re.compile(r"syt_[A-Za-z0-9_\-]+")
-_USER_IP_TOKEN_RE = re.compile(r'^(USER_IP\s+\S+\s+\[\s*")((?:[^"\\]|\\.)*)(")')
+#: How often the last RDATA token of each writer is recorded on the positions topic.
+DEFAULT_ANNOUNCE_INTERVAL_S: Final = 1.0
+
+# Synapse access tokens (syt_...), and every JSON string of a USER_IP line: the first
+# is the token whatever its shape, and a malformed line may have it anywhere.
+_SYT_RE: Final = re.compile(r"syt_[A-Za-z0-9_\-=.]+")
+_JSON_STRING_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"?')
+_USER_IP_RE: Final = re.compile(r"^\s*USER_IP\b")
 
 
 def mask_access_tokens(line: str) -> str:
-    """``line`` with every access token replaced by ``***``."""
-    masked = _USER_IP_TOKEN_RE.sub(r"\1***\3", line)
-    return _SYT_RE.sub("syt_***", masked)
+    """Return ``line`` with every access token replaced by ``***``.
+
+    In a ``USER_IP`` line every JSON string is masked (the access token is the first
+    one when the line is well formed; in a malformed line it could be any); elsewhere
+    only Synapse-shaped tokens (``syt_...``) are.
+    """
+    if _USER_IP_RE.match(line):
+        line = _JSON_STRING_RE.sub('"***"', line)
+    return _SYT_RE.sub("syt_***", line)
 
 
 @dataclass(slots=True)
 class _Instance:
+    # (user, device) -> last_sync_ms of its USER_SYNC start
     syncing: dict[tuple[str, str | None], int] = field(default_factory=dict)
-    last_seen_ms: int = 0
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    """Counters of one :class:`Bridge`, for tests and benchmarks (metrics have them too).
+
+    Attributes:
+        lines: non-blank lines received.
+        parse_failures: lines sent to the dead-letter topic.
+        gap_rows: rows read from the database to repair gaps.
+        gap_tokens: tokens covered by repaired gaps.
+        unrepaired_gaps: gaps seen that could not be repaired.
+        reconnects: Redis subscribes after the first one.
+    """
+
+    lines: int = 0
+    parse_failures: int = 0
+    gap_rows: int = 0
+    gap_tokens: int = 0
+    unrepaired_gaps: int = 0
+    reconnects: int = 0
 
 
 class Bridge:
@@ -87,7 +131,11 @@ class Bridge:
         open_reader: opens Synapse's database for gap repair, or None.
         published: the last token already on Kafka per (stream, writer), e.g. from
             :func:`adapter.runtime.lag.read_positions_topic`.
+        presence: the syncing sets already on the presence topic, by instance ID
+            (e.g. a :class:`~adapter.runtime.presence_view.PresenceFollower`'s
+            state after its replay), so a restarted bridge extends them.
         now_ms: wall clock in ms (tests may pin it).
+        announce_interval_s: see :data:`DEFAULT_ANNOUNCE_INTERVAL_S`.
     """
 
     def __init__(
@@ -98,13 +146,16 @@ class Bridge:
         *,
         metrics: Metrics,
         open_reader: Callable[[], BackfillReader] | None = None,
-        published: dict[tuple[str, str], int] | None = None,
+        published: Mapping[tuple[str, str], int] | None = None,
+        presence: Mapping[str, PresenceSnapshot] | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        announce_interval_s: float = DEFAULT_ANNOUNCE_INTERVAL_S,
     ) -> None:
         self._subscriber = subscriber
         self._producer = producer
         self._publisher = Publisher(producer, prefix, metrics=metrics)
         self._prefix = prefix
+        self._dlq_topic = topics.dlq_topic(prefix)
         self._metrics = metrics
         self._open_reader = open_reader
         self._reader: BackfillReader | None = None
@@ -112,11 +163,24 @@ class Bridge:
         self._pending: dict[tuple[str, str], list[Row]] = {}
         # (stream, writer) keys not heard from since the last reconnect.
         self._suspect: set[tuple[str, str]] = set()
-        self._instances: dict[str, _Instance] = {}
+        self._instances: dict[str, _Instance] = {
+            instance_id: _Instance(
+                {(d.user_id, d.device_id): d.last_sync_ms for d in snapshot.syncing}
+            )
+            for instance_id, snapshot in (presence or {}).items()
+        }
         self._now_ms = now_ms
-        self.lines = 0
-        self.parse_failures = 0
-        self.gap_rows = 0
+        self._announce_interval_s = announce_interval_s
+        self.stats = BridgeStats()
+        # Metric children by label, looked up once (labels() costs a lock and a dict).
+        self._lines_by_command: dict[str, Callable[[], None]] = {}
+        self._commands_in: dict[tuple[str, str], Callable[[], None]] = {}
+        self._observe_lag = metrics.bridge_lag.observe
+
+    @property
+    def published(self) -> dict[tuple[str, str], int]:
+        """The last token published per (stream, writer) (a copy)."""
+        return dict(self._published)
 
     # -- the loop -------------------------------------------------------------------
 
@@ -124,159 +188,181 @@ class Bridge:
         """Bridge until ``stop`` is set, then flush everything.
 
         Raises:
-            KafkaIOError: Kafka kept failing (the caller restarts with backoff).
+            KafkaIOError: Kafka failed (the caller restarts with backoff).
         """
-        next_announce = time.monotonic() + 1.0
+        producer = self._producer
+        connected = self._metrics.bridge_connected
+        next_announce = time.monotonic() + self._announce_interval_s
         try:
             for message in self._subscriber.messages(stop):
-                self._metrics.bridge_connected.set(
-                    1 if self._subscriber.connected else 0
-                )
-                if message.reconnected:
+                if message is None:
+                    # Idle: serve delivery reports, so the lag of the last lines of
+                    # a burst is measured when they are acknowledged.
+                    producer.poll(0)
+                elif message.reconnected:
+                    connected.set(1)
                     self._on_reconnect()
-                elif message.line.strip():
+                elif message.line:
                     self.handle(message)
                 now = time.monotonic()
                 if now >= next_announce:
                     self._publisher.announce_positions()
-                    self._producer.poll(0)
-                    next_announce = now + 1.0
+                    producer.poll(0)
+                    next_announce = now + self._announce_interval_s
         finally:
-            self._metrics.bridge_connected.set(0)
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+            connected.set(0)
+            self._close_reader()
         self._publisher.flush()
 
     def _on_reconnect(self) -> None:
         # Whatever was published while we were away is lost on Redis: every key is
         # suspect until its next command shows whether anything is missing.
         self._suspect = set(self._published)
-        # Batches cut by the disconnect are incomplete; Synapse drops them too.
+        # Batches cut by the disconnect are incomplete; Synapse drops them too (the
+        # repair reads those tokens whole from the database).
         self._pending.clear()
         if self._subscriber.connects > 1:
+            self.stats.reconnects += 1
             self._metrics.reconnects.labels("redis").inc()
 
     # -- one line -------------------------------------------------------------------
 
     def handle(self, message: RedisMessage) -> None:
-        """Parse one line and publish what it means."""
-        self.lines += 1
+        """Parse one line and publish what it means.
+
+        Raises:
+            KafkaIOError: Kafka failed.
+        """
+        line = message.line
+        if not line.strip():
+            return
+        self.stats.lines += 1
         try:
-            command = parse_line(message.line)
+            command = parse_line(line)
         except DecodeError as exc:
             self._dead_letter(message, f"parse: {exc.reason}")
             return
-        self._metrics.bridge_lines.labels(command.NAME).inc()
-        self._metrics.commands_in.labels(
-            command.NAME, getattr(command, "stream_name", "")
-        ).inc()
-        on_ack = self._lag_observer(message.received_s)
-        if isinstance(command, RdataCommand):
-            self._on_rdata(command, on_ack)
-        elif isinstance(command, PositionCommand):
-            self._on_position(command, on_ack)
-        elif isinstance(command, UserSyncCommand):
-            self._on_user_sync(command, on_ack)
-        elif isinstance(command, ClearUserSyncsCommand):
-            self._instances.pop(command.instance_id, None)
-            self._publisher.publish(command, on_delivery=on_ack)
-        else:
-            self._publish_other(command, on_ack)
+        name = command.NAME
+        count_line = self._lines_by_command.get(name)
+        if count_line is None:
+            count_line = self._lines_by_command[name] = (
+                self._metrics.bridge_lines.labels(name).inc
+            )
+        count_line()
+        try:
+            if isinstance(command, RdataCommand):
+                self._count_in(name, command.stream_name)
+                self._on_rdata(command, message.received_s)
+            elif isinstance(command, PositionCommand):
+                self._count_in(name, command.stream_name)
+                self._on_position(command, message.received_s)
+            elif isinstance(command, UserSyncCommand):
+                self._count_in(name, "")
+                self._on_user_sync(command, message.received_s)
+            else:
+                self._count_in(name, "")
+                if isinstance(command, ClearUserSyncsCommand):
+                    self._instances.pop(command.instance_id, None)
+                self._publisher.publish(
+                    command, on_delivery=self._lag_observer(message.received_s)
+                )
+        except EncodeError as exc:
+            # Parsed, but a value does not fit its schema (a token beyond a long...).
+            self._dead_letter(message, f"encode: {exc}")
 
-    def _lag_observer(
-        self, received_s: float
-    ) -> Callable[[object, Delivered | None], None]:
-        histogram = self._metrics.bridge_lag
+    def _count_in(self, name: str, stream: str) -> None:
+        inc = self._commands_in.get((name, stream))
+        if inc is None:
+            inc = self._commands_in[(name, stream)] = self._metrics.commands_in.labels(
+                name, stream
+            ).inc
+        inc()
 
-        def observe(error: object, delivered: Delivered | None) -> None:
+    def _lag_observer(self, received_s: float) -> DeliveryCallback:
+        observe = self._observe_lag
+        monotonic = time.monotonic
+
+        def on_delivery(error: object, delivered: Delivered | None) -> None:
             if error is None:
-                histogram.observe(time.monotonic() - received_s)
+                observe(monotonic() - received_s)
 
-        return observe
+        return on_delivery
 
-    def _on_rdata(
-        self, command: RdataCommand, on_ack: Callable[[object, Delivered | None], None]
-    ) -> None:
+    def _on_rdata(self, command: RdataCommand, received_s: float) -> None:
         key = (command.stream_name, command.instance_name)
-        rows = self._pending.setdefault(key, [])
-        rows.extend(command.rows)
-        if command.token is None:
-            return
-        del self._pending[key]
         token = command.token
+        if token is None:
+            self._pending.setdefault(key, []).extend(command.rows)
+            return
+        batch = self._pending.pop(key, None)
         last = self._published.get(key)
         if last is not None and token <= last:
-            # Already on Kafka (repaired from the database, or re-announced).
+            # Already on Kafka (repaired from the database, or re-sent).
             return
-        if key in self._suspect and last is not None:
+        if key in self._suspect:
             self._suspect.discard(key)
-            # The first RDATA after a reconnect: what came between is unknown.
-            if self._repair(command.stream_name, command.instance_name, last, token):
+            # The first RDATA after a reconnect: rows of the tokens in between, and
+            # of this token if part of its batch went by during the outage, may be
+            # lost. With a database, read them all; the live rows are used only if
+            # the database no longer has this token (overwritten or deleted rows).
+            # Without one, only a jump is a gap worth counting.
+            if (
+                last is not None
+                and (token > last + 1 or self._open_reader is not None)
+                and self._repair(key, last, token) == token
+            ):
                 return
-        self._suspect.discard(key)
+        rows = command.rows if batch is None else (*batch, *command.rows)
         self._publisher.publish(
-            RdataCommand(
-                command.stream_name, command.instance_name, token, tuple(rows)
-            ),
-            on_delivery=on_ack,
+            RdataCommand(command.stream_name, command.instance_name, token, rows),
+            on_delivery=self._lag_observer(received_s),
         )
         self._published[key] = token
 
-    def _on_position(
-        self,
-        command: PositionCommand,
-        on_ack: Callable[[object, Delivered | None], None],
-    ) -> None:
+    def _on_position(self, command: PositionCommand, received_s: float) -> None:
         key = (command.stream_name, command.instance_name)
         self._suspect.discard(key)
         # A POSITION ends any batch of this writer: Synapse re-reads such rows.
         self._pending.pop(key, None)
         last = self._published.get(key)
         if last is not None and command.prev_token > last:
-            self._repair(
-                command.stream_name, command.instance_name, last, command.new_token
-            )
-        self._publisher.publish(command, on_delivery=on_ack)
+            self._repair(key, last, command.new_token)
+        self._publisher.publish(command, on_delivery=self._lag_observer(received_s))
         # Below `last` only when an in-memory stream restarted (typing): follow it.
         self._published[key] = command.new_token
 
-    def _repair(self, stream: str, writer: str, from_token: int, to_token: int) -> bool:
+    def _repair(self, key: tuple[str, str], from_token: int, to_token: int) -> int:
         """Publish the writer's rows in (from_token, to_token] from the database.
 
         Returns:
-            True when the range was read and published; False when there is no
-            database or the stream has no database source (the gap is counted).
+            The highest token published from the database (``from_token`` when
+            nothing was, because there is no database, the stream has no database
+            source, the rows are gone or the read failed; the gap is then counted).
         """
+        stream, writer = key
         reader = self._reader_or_none()
         if reader is None or not reader.has_source(stream):
-            self._metrics.bridge_gaps.labels(stream, "unrepaired").inc()
-            logger.warning(
-                "%s/%s: tokens (%d, %d] may be missing and cannot be read back",
-                stream,
-                writer,
-                from_token,
-                to_token,
-            )
-            return False
+            self._unrepaired(key, from_token, to_token, "cannot be read back")
+            return from_token
         rows = 0
+        top = from_token
         try:
             for token, typed_rows in reader.read(stream, writer, from_token, to_token):
                 self._publisher.publish(RdataCommand(stream, writer, token, typed_rows))
-                self._published[(stream, writer)] = token
+                self._published[key] = top = token
                 rows += len(typed_rows)
-        except BackfillError:
-            self._drop_reader()
-            self._metrics.bridge_gaps.labels(stream, "unrepaired").inc()
+        except (BackfillError, EncodeError):
+            self._close_reader()
             logger.exception("%s/%s: gap repair failed", stream, writer)
-            return False
-        self.gap_rows += rows
-        self._metrics.bridge_gaps.labels(stream, "repaired").inc()
-        self._metrics.bridge_gap_rows.labels(stream).inc(rows)
-        self._metrics.bridge_gap_tokens.labels(stream).inc(to_token - from_token)
-        self._published[(stream, writer)] = max(
-            self._published.get((stream, writer), to_token), to_token
-        )
+            self._unrepaired(key, top, to_token, "could not be read")
+            return top
+        stats = self.stats
+        stats.gap_rows += rows
+        stats.gap_tokens += to_token - from_token
+        m = self._metrics
+        m.bridge_gaps.labels(stream, "repaired").inc()
+        m.bridge_gap_rows.labels(stream).inc(rows)
+        m.bridge_gap_tokens.labels(stream).inc(to_token - from_token)
         logger.info(
             "%s/%s: repaired tokens (%d, %d] from the database (%d rows)",
             stream,
@@ -285,7 +371,21 @@ class Bridge:
             to_token,
             rows,
         )
-        return True
+        return top
+
+    def _unrepaired(
+        self, key: tuple[str, str], from_token: int, to_token: int, why: str
+    ) -> None:
+        self.stats.unrepaired_gaps += 1
+        self._metrics.bridge_gaps.labels(key[0], "unrepaired").inc()
+        logger.warning(
+            "%s/%s: tokens (%d, %d] may be missing and %s",
+            key[0],
+            key[1],
+            from_token,
+            to_token,
+            why,
+        )
 
     def _reader_or_none(self) -> BackfillReader | None:
         if self._reader is None and self._open_reader is not None:
@@ -296,7 +396,7 @@ class Bridge:
                 return None
         return self._reader
 
-    def _drop_reader(self) -> None:
+    def _close_reader(self) -> None:
         if self._reader is not None:
             try:
                 self._reader.close()
@@ -304,57 +404,51 @@ class Bridge:
                 logger.debug("closing a failed database reader", exc_info=True)
             self._reader = None
 
-    def _on_user_sync(
-        self,
-        command: UserSyncCommand,
-        on_ack: Callable[[object, Delivered | None], None],
-    ) -> None:
+    def _on_user_sync(self, command: UserSyncCommand, received_s: float) -> None:
         instance = self._instances.setdefault(command.instance_id, _Instance())
         device = (command.user_id, command.device_id)
         if command.is_syncing:
-            instance.syncing[device] = command.last_sync_ms
+            instance.syncing.setdefault(device, command.last_sync_ms)
         else:
             instance.syncing.pop(device, None)
-        instance.last_seen_ms = self._now_ms()
         snapshot = PresenceSnapshot(
             instance_id=command.instance_id,
             instance_name="",
-            heartbeat_ms=instance.last_seen_ms,
+            heartbeat_ms=self._now_ms(),
             syncing=tuple(
                 SyncingDevice(user, dev, since)
                 for (user, dev), since in sorted(
-                    instance.syncing.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+                    instance.syncing.items(),
+                    key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or ""),
                 )
             ),
         )
-        self._publisher.publish(snapshot, on_delivery=on_ack)
-
-    def _publish_other(
-        self, command: Command, on_ack: Callable[[object, Delivered | None], None]
-    ) -> None:
-        self._publisher.publish(command, on_delivery=on_ack)
-        if isinstance(command, UserIpCommand):
-            logger.debug("USER_IP for %s published", command.user_id)
+        self._publisher.publish(snapshot, on_delivery=self._lag_observer(received_s))
 
     def _dead_letter(self, message: RedisMessage, reason: str) -> None:
-        self.parse_failures += 1
+        self.stats.parse_failures += 1
         self._metrics.bridge_parse_failures.inc()
-        masked = mask_access_tokens(message.line)
+        masked_reason = mask_access_tokens(reason)
+        if message.channel.endswith("/USER_IP") and '"' in masked_reason:
+            # The reason may quote a fragment of the line: keep no string of it.
+            masked_reason = masked_reason.split(":", 1)[0]
         logger.warning(
-            "unparseable line on %s: %s", message.channel, mask_access_tokens(reason)
+            "unparseable line on %s sent to %s: %s",
+            message.channel,
+            self._dlq_topic,
+            masked_reason,
         )
-        topic = topics.dlq_topic(self._prefix)
-        try:
-            self._producer.produce(
-                topic,
-                masked.encode("utf-8", "replace"),
-                key=message.channel,
-                headers=[
-                    (topics.HEADER_DLQ_REASON, mask_access_tokens(reason).encode()),
-                    (topics.HEADER_DLQ_SOURCE, f"redis:{message.channel}".encode()),
-                ],
-            )
-        except KafkaIOError:
-            logger.exception("cannot write a dead letter")
-            raise
-        self._metrics.dead_letters.labels(topic, "parse").inc()
+        line = message.line
+        if message.channel.endswith("/USER_IP"):
+            # Everything on this channel carries tokens, whatever its command name.
+            line = _JSON_STRING_RE.sub('"***"', line)
+        self._producer.produce(
+            self._dlq_topic,
+            mask_access_tokens(line).encode("utf-8", "replace"),
+            key=message.channel,
+            headers=[
+                (topics.HEADER_DLQ_REASON, masked_reason.encode("utf-8", "replace")),
+                (topics.HEADER_DLQ_SOURCE, f"redis:{message.channel}".encode()),
+            ],
+        )
+        self._metrics.dead_letters.labels(self._dlq_topic, "parse").inc()
