@@ -156,25 +156,48 @@ def _compile(
         (f"{n!r}: _list_or_none(obj.{n})" if n in tuple_fields else f"{n!r}: obj.{n}")
         for n in names
     )
-    if names == schema_names and not tuple_fields:
-        # The common case: the dict's values come in the constructor's order.
-        from_src = "def from_dict(d):\n    return cls(*d.values())\n"
-    else:
-        args = ", ".join(
-            (f"_tuple_or_none(d[{n!r}])" if n in tuple_fields else f"d[{n!r}]")
-            for n in names
-        )
-        from_src = f"def from_dict(d):\n    return cls({args})\n"
+    # Readers build the frozen instance by setting its slots directly: the dataclass
+    # __init__ goes through object.__setattr__ per field (frozen), which costs about
+    # three times as much, and it has no validation to skip (no __post_init__).
     namespace: dict[str, Any] = {
         "cls": cls,
+        "_new": object.__new__,
         "_tuple_or_none": _tuple_or_none,
         "_list_or_none": _list_or_none,
     }
+    sets = []
+    for i, n in enumerate(names):
+        # The slot's member descriptor, found through the MRO (simple commands
+        # inherit theirs from SimpleCommand).
+        namespace[f"_set{i}"] = getattr(cls, n).__set__
+        value = f"_tuple_or_none(d[{n!r}])" if n in tuple_fields else f"d[{n!r}]"
+        sets.append(f"    _set{i}(obj, {value})\n")
+    from_src = (
+        f"def from_dict(d):\n    obj = _new(cls)\n{''.join(sets)}    return obj\n"
+    )
     source = f"def to_dict(obj):\n    return {{{to_items}}}\n" + from_src
     # Generated once per type at start-up from field names we control, as dataclasses
     # does for __init__: a literal dict display is much faster than any generic loop.
     exec(compile(source, f"<codec {cls.__name__}>", "exec"), namespace)  # noqa: S102
     return namespace["to_dict"], namespace["from_dict"]
+
+
+def _maker(cls: type[Any]) -> Callable[..., Any]:
+    """Generate ``make(*values)`` that builds a frozen slotted instance (see _compile)."""
+    names = [f.name for f in fields(cls)]
+    namespace: dict[str, Any] = {"cls": cls, "_new": object.__new__}
+    for i, n in enumerate(names):
+        namespace[f"_set{i}"] = getattr(cls, n).__set__
+    args = ", ".join(f"v{i}" for i in range(len(names)))
+    sets = "".join(f"    _set{i}(obj, v{i})\n" for i in range(len(names)))
+    source = f"def make({args}):\n    obj = _new(cls)\n{sets}    return obj\n"
+    exec(compile(source, f"<codec make {cls.__name__}>", "exec"), namespace)  # noqa: S102
+    maker: Callable[..., Any] = namespace["make"]
+    return maker
+
+
+_make_rdata: Final = _maker(RdataCommand)
+_make_snapshot: Final = _maker(PresenceSnapshot)
 
 
 def _tuple_or_none(value: list[Any] | None) -> tuple[Any, ...] | None:
@@ -315,7 +338,10 @@ class Codec:
             rows.append(from_dict(value))
         if not rows:
             raise DecodeError("RDATA without rows")
-        return RdataCommand(stream, d["instance_name"], d["token"], tuple(rows))
+        result: RdataCommand = _make_rdata(
+            stream, d["instance_name"], d["token"], tuple(rows)
+        )
+        return result
 
     def _snapshot_to_dict(self, snapshot: PresenceSnapshot) -> dict[str, Any]:
         to_dict = self._device_to
@@ -328,12 +354,13 @@ class Codec:
 
     def _snapshot_from_dict(self, d: dict[str, Any]) -> PresenceSnapshot:
         from_dict = self._device_from
-        return PresenceSnapshot(
+        result: PresenceSnapshot = _make_snapshot(
             d["instance_id"],
             d["instance_name"],
             d["heartbeat_ms"],
             tuple([from_dict(device) for device in d["syncing"]]),
         )
+        return result
 
     # --- Public API ---
 
@@ -392,8 +419,8 @@ class Codec:
             raise DecodeError(
                 f"unknown writer schema fingerprint {data[2:_HEADER_LEN].hex()}"
             )
-        stream = io.BytesIO(data)
-        stream.seek(_HEADER_LEN)
+        # A sliced copy is cheaper than seeking past the header (records are small).
+        stream = io.BytesIO(data[_HEADER_LEN:])
         root = writer.root
         try:
             datum: Any = schemaless_reader(
@@ -415,10 +442,9 @@ class Codec:
             raise DecodeError(
                 f"corrupt {root.name} body: {type(exc).__name__}: {exc}"
             ) from exc
-        if stream.tell() != len(data):
-            raise DecodeError(
-                f"{len(data) - stream.tell()} bytes after the end of the {root.name} body"
-            )
+        extra = len(data) - _HEADER_LEN - stream.tell()
+        if extra:
+            raise DecodeError(f"{extra} bytes after the end of the {root.name} body")
         result: Record = root.from_dict(datum)
         return result
 
