@@ -136,6 +136,8 @@ class Bridge:
             state after its replay), so a restarted bridge extends them.
         now_ms: wall clock in ms (tests may pin it).
         announce_interval_s: see :data:`DEFAULT_ANNOUNCE_INTERVAL_S`.
+        on_lag: also called with each end-to-end lag in seconds (benchmarks keep
+            them all; the histogram has buckets only).
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class Bridge:
         presence: Mapping[str, PresenceSnapshot] | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         announce_interval_s: float = DEFAULT_ANNOUNCE_INTERVAL_S,
+        on_lag: Callable[[float], None] | None = None,
     ) -> None:
         self._subscriber = subscriber
         self._producer = producer
@@ -175,7 +178,16 @@ class Bridge:
         # Metric children by label, looked up once (labels() costs a lock and a dict).
         self._lines_by_command: dict[str, Callable[[], None]] = {}
         self._commands_in: dict[tuple[str, str], Callable[[], None]] = {}
-        self._observe_lag = metrics.bridge_lag.observe
+        histogram = metrics.bridge_lag.observe
+        if on_lag is None:
+            self._observe_lag: Callable[[float], None] = histogram
+        else:
+
+            def both(seconds: float) -> None:
+                histogram(seconds)
+                on_lag(seconds)
+
+            self._observe_lag = both
 
     @property
     def published(self) -> dict[tuple[str, str], int]:
