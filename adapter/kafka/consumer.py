@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -24,6 +25,7 @@ from confluent_kafka import (
     OFFSET_INVALID,
     KafkaError,
     KafkaException,
+    Message,
     TopicPartition,
 )
 from confluent_kafka import Consumer as _ConfluentConsumer
@@ -91,6 +93,41 @@ def _raise_from(exc: KafkaException, what: str) -> ConsumeError:
             f"{what}: {err.str()}", code=err.name(), retriable=err.retriable()
         )
     return ConsumeError(f"{what}: {exc}")
+
+
+def _wanted(message: Message) -> bool:
+    error = message.error()
+    return error is None or error.code() != KafkaError._PARTITION_EOF  # noqa: SLF001
+
+
+def _record(message: Message) -> KafkaRecord:
+    """:func:`~adapter.kafka.records.from_message`, with a fast path for the usual record.
+
+    The usual record has no error, a timestamp and headers whose values are all
+    bytes; anything else goes through ``from_message`` (same result, slower).
+    """
+    if message.error() is not None:
+        return from_message(message)
+    raw_headers = message.headers()
+    if raw_headers:
+        if type(raw_headers) is not list:
+            return from_message(message)
+        for pair in raw_headers:
+            if type(pair[1]) is not bytes:
+                return from_message(message)
+        headers = cast("tuple[tuple[str, bytes], ...]", tuple(raw_headers))
+    else:
+        headers = ()
+    ts = message.timestamp()[1]
+    return KafkaRecord(
+        message.topic() or "",
+        message.partition() or 0,
+        message.offset() or 0,
+        message.key(),
+        message.value(),
+        headers,
+        ts if ts > 0 else 0,
+    )
 
 
 class Consumer:
@@ -248,17 +285,20 @@ class Consumer:
                 than the end of a partition.
         """
         self.check()
+        client = self._client
         try:
-            messages = self._client.consume(max_records, timeout_s)
+            # librdkafka's consume(n, timeout) waits until it has n records or the
+            # timeout passed, which would hold a live record back for up to the
+            # whole timeout. Take what is there; only when nothing is, wait for
+            # the first record, then take whatever else came with it.
+            messages = client.consume(max_records, 0)
+            if not messages and timeout_s > 0:
+                messages = client.consume(1, timeout_s)
+                if messages and max_records > 1:
+                    messages += client.consume(max_records - 1, 0)
         except KafkaException as exc:
             raise _raise_from(exc, "consume failed") from exc
-        out = []
-        for message in messages:
-            error = message.error()
-            if error is not None and error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
-                continue
-            out.append(from_message(message))
-        return out
+        return [_record(message) for message in messages if _wanted(message)]
 
     def commit(self, offsets: Sequence[Committed]) -> None:
         """Commit offsets with metadata, synchronously.

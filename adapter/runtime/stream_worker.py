@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from adapter.backoff import Backoff
 from adapter.errors import AdapterError, BackfillError
@@ -132,6 +132,10 @@ class StreamWorker:
         self._thread = threading.Thread(
             target=self._run, name=f"synkafka-{stream_name}", daemon=True
         )
+        # Label children are looked up once: ``labels()`` costs more than the update.
+        self._duration = metrics.handler_duration.labels(stream_name)
+        self._applied: dict[str, Any] = {}
+        self._positions: dict[str, Any] = {}
 
     # -- poll-loop side -------------------------------------------------------------
 
@@ -188,10 +192,10 @@ class StreamWorker:
                 if batch is _STOP:
                     return
                 for work in batch:
-                    if isinstance(work, BackfillWork):
-                        self._backfill(work)
-                    else:
+                    if isinstance(work, UpdateWork):
                         self._update(work)
+                    else:
+                        self._backfill(work)
                     if self._stop.is_set() and self.failure is not None:
                         return
         except BaseException as exc:  # the poll loop reports it and stops
@@ -203,25 +207,36 @@ class StreamWorker:
             if self._loop is not None:
                 self._loop.close()
 
-    def _mark(self, partition: tuple[str, int] | None, offset: int | None) -> None:
-        if partition is not None and offset is not None:
-            with self._lock:
-                self._progress.offsets[partition] = offset
+    def _position_gauge(self, instance_name: str) -> Any:
+        gauge = self._positions.get(instance_name)
+        if gauge is None:
+            gauge = self._positions[instance_name] = (
+                self._metrics.stream_position.labels(self.stream_name, instance_name)
+            )
+        return gauge
 
     def _advance(self, instance_name: str, token: int) -> None:
         with self._lock:
             self._progress.tokens[instance_name] = token
-        self._metrics.stream_position.labels(self.stream_name, instance_name).set(token)
+        self._position_gauge(instance_name).set(token)
 
     def _update(self, work: UpdateWork) -> None:
         update = work.update
-        if update is not None and update.rows:
-            self._call(update, work.raw)
         if update is not None:
-            self._advance(update.instance_name, update.token)
-        elif work.token_after is not None:
-            self._advance(*work.token_after)
-        self._mark(work.partition, work.offset)
+            if update.rows:
+                self._call(update, work.raw)
+            advance: tuple[str, int] | None = (update.instance_name, update.token)
+        else:
+            advance = work.token_after
+        # One lock round for the token and the offset (the hot path of a live stream).
+        partition, offset = work.partition, work.offset
+        with self._lock:
+            if advance is not None:
+                self._progress.tokens[advance[0]] = advance[1]
+            if partition is not None and offset is not None:
+                self._progress.offsets[partition] = offset
+        if advance is not None:
+            self._position_gauge(advance[0]).set(advance[1])
 
     def _call(self, update: StreamUpdate, raw: bytes | None) -> None:
         """Run the handler with retries; apply the policy when it keeps failing."""
@@ -233,7 +248,9 @@ class StreamWorker:
             started = time.perf_counter()
             try:
                 result = handler(update)
-                if self._is_async or inspect.isawaitable(result):
+                if self._is_async or (
+                    result is not None and inspect.isawaitable(result)
+                ):
                     if self._loop is None:
                         self._loop = asyncio.new_event_loop()
                     self._loop.run_until_complete(result)  # type: ignore[arg-type]
@@ -256,12 +273,13 @@ class StreamWorker:
                         "stopped while retrying a failing handler"
                     ) from exc
                 continue
-            self._metrics.handler_duration.labels(self.stream_name).observe(
-                time.perf_counter() - started
-            )
-            self._metrics.rows_applied.labels(self.stream_name, update.source).inc(
-                len(update.rows)
-            )
+            self._duration.observe(time.perf_counter() - started)
+            applied = self._applied.get(update.source)
+            if applied is None:
+                applied = self._applied[update.source] = (
+                    self._metrics.rows_applied.labels(self.stream_name, update.source)
+                )
+            applied.inc(len(update.rows))
             self.rows_handled += len(update.rows)
             return
 
