@@ -140,7 +140,7 @@ def demo(
         typer.Option(
             "--with-synapse",
             help="Follow a real Synapse through `synkafka bridge` instead of the "
-            "simulated homeserver.",
+            "simulated homeserver (not implemented yet: says so and exits 3).",
         ),
     ] = False,
 ) -> None:
@@ -208,6 +208,8 @@ def demo(
 
 
 _WITH_SYNAPSE_UNAVAILABLE = (
-    "synkafka demo --with-synapse is not available yet: it needs `synkafka bridge`, "
-    "which is still being tested. Run `synkafka demo` (a simulated homeserver) instead."
+    "synkafka demo --with-synapse is not implemented yet: the demo cannot drive a real "
+    "Synapse through `synkafka bridge` so far (the bridge itself is exercised against a "
+    "real Synapse by `make e2e`, tests/e2e/test_bridge.py). Nothing was started. Run "
+    "`synkafka demo` for the same scenario with a simulated homeserver."
 )
