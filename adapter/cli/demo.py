@@ -180,7 +180,10 @@ def demo(
             if stack.postgres is not None:
                 dsn = stack.postgres.create_database("synapse_demo")
             else:
-                dsn = f"sqlite:///{(folder / 'homeserver.db').resolve()}"
+                db_file = (folder / "homeserver.db").resolve()
+                for old in (db_file, *folder.glob("homeserver.db-*")):
+                    old.unlink(missing_ok=True)  # a reused --run-dir starts empty
+                dsn = f"sqlite:///{db_file}"
             settings = DemoSettings(
                 bootstrap=stack.kafka.bootstrap_servers,
                 dsn=dsn,

@@ -675,8 +675,8 @@ class LagSampler:
     """
 
     def __init__(self, settings: DemoSettings, interval_s: float = 1.0) -> None:
-        kafka = KafkaSettings(bootstrap_servers=settings.bootstrap)
-        self._admin = Admin(kafka, timeout_s=10.0)
+        kafka = KafkaSettings(bootstrap_servers=settings.bootstrap, overrides=_QUIET)
+        self._admin: Admin | None = Admin(kafka, timeout_s=10.0)
         self._consumer = Consumer(
             kafka,
             f"{settings.prefix}.demo-lag-reader",
@@ -685,7 +685,7 @@ class LagSampler:
             # watermarks: the broker answers those only after the pending fetch,
             # which waits up to fetch.wait.max.ms (500 ms by default) on an idle
             # partition. 10 ms makes one measurement take 0.3 s instead of 10 s.
-            extra={**_QUIET, "fetch.wait.max.ms": "10"},
+            extra={"fetch.wait.max.ms": "10"},
         )
         self._prefix = settings.prefix
         self._group = topics.consumer_group(settings.prefix, CONSUMER_NAME)
@@ -698,6 +698,8 @@ class LagSampler:
 
     def measure(self) -> list[LagRow]:
         """One measurement now (not thread-safe with the background thread)."""
+        if self._admin is None:
+            raise AdapterError("the lag sampler is closed")
         return measure_lag(
             self._admin, self._consumer, self._prefix, [self._group], self._streams
         )
@@ -736,9 +738,14 @@ class LagSampler:
             self._stop.wait(self._interval_s)
 
     def close(self) -> None:
-        """Stop sampling and close the reader."""
+        """Stop sampling, close the reader and drop the admin client.
+
+        librdkafka destroys a client when it is collected; one kept alive would keep
+        reconnecting (and logging) after the broker stopped.
+        """
         self.pause()
         self._consumer.close()
+        self._admin = None
 
 
 # -- display ----------------------------------------------------------------------------
@@ -1052,7 +1059,9 @@ class DemoScenario:
         self._display = display
         self._started = time.monotonic()
         self._phase = "setting up"
-        self._kafka = KafkaSettings(bootstrap_servers=settings.bootstrap)
+        self._kafka = KafkaSettings(
+            bootstrap_servers=settings.bootstrap, overrides=_QUIET
+        )
         self._output = settings.run_dir / "consumer.jsonl"
         self._deliveries = DeliveryLog(self._output)
         self._consumer = ConsumerChild(spawn, settings, self._output)
@@ -1211,6 +1220,9 @@ class DemoScenario:
     def _set_up(self) -> None:
         s = self._s
         s.run_dir.mkdir(parents=True, exist_ok=True)
+        # A reused run folder: start with no JSON lines and no logs of an earlier run.
+        for old in (self._output, *s.run_dir.glob("*.log")):
+            old.unlink(missing_ok=True)
         self._conn = conn = connect(s.dsn)
         if conn.engine == "sqlite":
             # Readers (the consumer's backfill) and the writer side by side.
@@ -1224,9 +1236,7 @@ class DemoScenario:
             f"Database: {s.engine} ({s.dsn}); {len(created)} topics under "
             f"{s.prefix}.*; streams: {', '.join(s.streams)}."
         )
-        self._producer = Producer(
-            self._kafka, client_id="synkafka-demo-homeserver", extra=_QUIET
-        )
+        self._producer = Producer(self._kafka, client_id="synkafka-demo-homeserver")
         publisher = Publisher(self._producer, s.prefix)
         self._homeserver = SimulatedHomeserver(
             conn, publisher, s.streams, s.server_name
@@ -1240,15 +1250,12 @@ class DemoScenario:
 
         # The presence writer's view, then the two syncing instances.
         expiry_ms = int(s.presence_expiry_s * 1000)
-        self._tombstones = Producer(
-            self._kafka, client_id="synkafka-demo-tombstones", extra=_QUIET
-        )
+        self._tombstones = Producer(self._kafka, client_id="synkafka-demo-tombstones")
         self._follower = PresenceFollower(
             Consumer(
                 self._kafka,
                 f"{s.prefix}.demo-presence-writer",
                 client_id="synkafka-demo-presence",
-                extra=_QUIET,
             ),
             s.prefix,
             producer=self._tombstones,
