@@ -7,7 +7,12 @@ librdkafka configuration dict with :meth:`KafkaSettings.to_librdkafka`; ``-X key
 overrides pass through last, as kcat does.
 
 Secrets are wrapped in :class:`Secret`, whose ``repr`` and ``str`` never show the
-value, so a settings object can be logged or shown in a traceback safely.
+value, so a settings object can be logged or shown in a traceback safely. The same
+holds for secrets passed as ``-X`` overrides (``-X sasl.password=...``): the
+settings' ``repr`` and :meth:`KafkaSettings.redacted` mask every key that
+:func:`is_secret_key` names. :func:`with_url_password` puts a password read from a
+file into a Redis or PostgreSQL URL, and :func:`redact_url` takes it out again for
+messages.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from adapter.errors import ConfigError
 
@@ -24,7 +30,11 @@ __all__ = [
     "KafkaSettings",
     "Secret",
     "default_prefix",
+    "is_secret_key",
     "parse_overrides",
+    "redact_text",
+    "redact_url",
+    "with_url_password",
 ]
 
 DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
@@ -34,8 +44,20 @@ _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _PROPERTY_RE = re.compile(r"^[a-z][a-z0-9_.]*$")
 # Keys whose values are secrets, wherever they come from (flags or -X).
 _SECRET_KEYS = frozenset(
-    {"sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem"}
+    {
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "ssl.key.pem",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.oauthbearer.assertion.private.key.passphrase",
+        "sasl.oauthbearer.assertion.private.key.pem",
+    }
 )
+# Anything that looks like one of these is masked too (future librdkafka properties).
+_SECRET_WORDS = ("password", "secret", "passphrase", ".pem")
+_MASK = "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +71,94 @@ class Secret:
 
     def __str__(self) -> str:
         return "***"
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a librdkafka property holds a secret (its value is never shown).
+
+    Args:
+        key: a librdkafka property name such as ``sasl.password``.
+
+    Returns:
+        True for the known secret properties and any name containing ``password``,
+        ``secret``, ``passphrase`` or ``.pem`` (an inline key or certificate).
+    """
+    return key in _SECRET_KEYS or any(word in key for word in _SECRET_WORDS)
+
+
+def redact_text(text: str, secrets: Iterable[Secret | str | None]) -> str:
+    """``text`` with every occurrence of each secret value replaced by ``***``.
+
+    For messages built from third-party strings that might echo a secret back (a
+    driver error quoting its connection string, for instance).
+
+    Args:
+        text: the message.
+        secrets: the values to hide; empty values and ``None`` are ignored.
+    """
+    values = sorted(
+        {s.value if isinstance(s, Secret) else s for s in secrets if s is not None}
+        - {""},
+        key=len,
+        reverse=True,
+    )
+    for value in values:
+        text = text.replace(value, _MASK)
+    return text
+
+
+def with_url_password(
+    url: str, password: Secret | None, *, username: str | None = None
+) -> str:
+    """Put a password (and optionally a user name) into a ``scheme://`` URL.
+
+    Used for Redis (``redis://``, ``rediss://``) and PostgreSQL (``postgresql://``)
+    URLs whose password comes from a file or the environment. Both are
+    percent-encoded, so any character works. A password already in the URL is
+    replaced; with ``password=None`` and no ``username`` the URL is returned as is.
+
+    Args:
+        url: the URL, for example ``rediss://redis.internal:6380/0``.
+        password: the password to put in.
+        username: the user name (Redis ACL user, PostgreSQL role); keeps the URL's
+            own when None.
+
+    Raises:
+        ConfigError: ``url`` is not a ``scheme://host...`` URL.
+    """
+    if password is None and username is None:
+        return url
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise ConfigError(
+            f"expected a scheme://host URL to add a password to, got {redact_url(url)!r}"
+        )
+    host = parts.netloc.rpartition("@")[2]
+    # urlsplit unquotes the user name, so quote whichever one we keep.
+    user = quote(username if username is not None else parts.username or "", safe="")
+    userinfo = user
+    if password is not None:
+        userinfo = f"{user}:{quote(password.value, safe='')}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info (if any) replaced by ``***``.
+
+    Query parameters named like secrets (``password=``, ``sslpassword=``) are masked
+    as well, so a libpq URL can be shown in a message.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:{_MASK}@{host}" if sep else netloc
+    query = "&".join(
+        f"{k}={_MASK}" if is_secret_key(k.lower()) else f"{k}{sep}{v}"
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&"))
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query if parts.query else ""))
 
 
 def default_prefix(server_name: str) -> str:
@@ -121,6 +231,42 @@ class KafkaSettings:
             object.__setattr__(self, "sasl_mechanism", mechanism)
             if not self.sasl_username or self.sasl_password is None:
                 raise ConfigError(f"{protocol} needs a SASL username and password")
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            raise ConfigError(
+                "a client certificate needs its key and a key its certificate "
+                "(--ssl-cert and --ssl-key go together)"
+            )
+        if self.ssl_key_password is not None and not self.ssl_key_location:
+            raise ConfigError("an SSL key password was given without --ssl-key")
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print -X overrides verbatim, secrets included.
+        shown = {
+            k: (_MASK if is_secret_key(k) else v) for k, v in self.overrides.items()
+        }
+        return (
+            f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"security_protocol={self.security_protocol!r}, "
+            f"sasl_mechanism={self.sasl_mechanism!r}, "
+            f"sasl_username={self.sasl_username!r}, "
+            f"sasl_password={self.sasl_password!r}, "
+            f"ssl_ca_location={self.ssl_ca_location!r}, "
+            f"ssl_certificate_location={self.ssl_certificate_location!r}, "
+            f"ssl_key_location={self.ssl_key_location!r}, "
+            f"ssl_key_password={self.ssl_key_password!r}, "
+            f"overrides={shown!r})"
+        )
+
+    def secrets(self) -> list[Secret]:
+        """Every secret these settings hold (flags and ``-X`` overrides alike).
+
+        Callers feed them to :func:`redact_text` before showing third-party text.
+        """
+        found = [s for s in (self.sasl_password, self.ssl_key_password) if s]
+        found += [
+            Secret(v) for k, v in self.overrides.items() if is_secret_key(k) and v
+        ]
+        return found
 
     def to_librdkafka(self) -> dict[str, str]:
         """The librdkafka properties for these settings, overrides last."""
@@ -149,6 +295,6 @@ class KafkaSettings:
     def redacted(self) -> dict[str, str]:
         """:meth:`to_librdkafka` with every secret value replaced by ``***``."""
         return {
-            k: ("***" if k in _SECRET_KEYS else v)
+            k: (_MASK if is_secret_key(k) else v)
             for k, v in self.to_librdkafka().items()
         }

@@ -5,24 +5,46 @@ given with ``synkafka --config FILE`` (top-level keys apply to every command, a
 ``[consume]`` or ``[topics.ensure]`` table to one command). Precedence: flag, then
 environment, then file, then default. Secrets can be given in a file
 (``--kafka-password-file``) or the environment; never as a default shown in ``--help``.
+
+Secret options and their environment variables:
+
+=========================  ==========================================================
+secret                     from
+=========================  ==========================================================
+SASL password              ``--kafka-password-file`` / ``SYNKAFKA_KAFKA_PASSWORD_FILE``,
+                           ``SYNKAFKA_KAFKA_PASSWORD`` (``--kafka-password`` works but
+                           shows in ``ps``)
+client key password        ``--ssl-key-password-file`` / ``SYNKAFKA_SSL_KEY_PASSWORD_FILE``,
+                           ``SYNKAFKA_SSL_KEY_PASSWORD``
+Redis password             :func:`redis_url`: ``SYNKAFKA_REDIS_PASSWORD_FILE``,
+                           ``SYNKAFKA_REDIS_PASSWORD``, user ``SYNKAFKA_REDIS_USERNAME``
+PostgreSQL password        :func:`db_dsn`: ``SYNKAFKA_DB_PASSWORD_FILE`` (libpq's own
+                           ``PGPASSWORD``/``PGPASSFILE`` work as well)
+=========================  ==========================================================
+
+The environment fallbacks are read here even by commands that have no flag for the
+secret yet, so every command honours them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from adapter.config import KafkaSettings, Secret, parse_overrides
+from adapter.config import KafkaSettings, Secret, parse_overrides, with_url_password
 from adapter.errors import ConfigError
 from adapter.topics import default_prefix
 
 __all__ = [
     "BootstrapOpt",
+    "DbPasswordFileOpt",
     "InstanceOpt",
     "KafkaPasswordFileOpt",
     "KafkaPasswordOpt",
@@ -30,15 +52,20 @@ __all__ = [
     "LogLevelOpt",
     "OverridesOpt",
     "PrefixOpt",
+    "RedisPasswordFileOpt",
     "SaslMechanismOpt",
     "SecurityProtocolOpt",
     "ServerNameOpt",
     "SslCaOpt",
     "SslCertOpt",
     "SslKeyOpt",
+    "SslKeyPasswordFileOpt",
+    "SslKeyPasswordOpt",
     "config_default_map",
+    "db_dsn",
     "kafka_settings",
     "read_secret",
+    "redis_url",
     "resolve_prefix",
     "setup_logging",
 ]
@@ -129,6 +156,44 @@ SslKeyOpt = Annotated[
         rich_help_panel=_KAFKA,
     ),
 ]
+SslKeyPasswordOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ssl-key-password",
+        envvar="SYNKAFKA_SSL_KEY_PASSWORD",
+        help="Password of an encrypted --ssl-key (prefer --ssl-key-password-file).",
+        show_default=False,
+        rich_help_panel=_KAFKA,
+    ),
+]
+SslKeyPasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ssl-key-password-file",
+        envvar="SYNKAFKA_SSL_KEY_PASSWORD_FILE",
+        help="File holding the password of an encrypted --ssl-key (first line).",
+        rich_help_panel=_KAFKA,
+    ),
+]
+RedisPasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--redis-password-file",
+        envvar="SYNKAFKA_REDIS_PASSWORD_FILE",
+        help="File holding Synapse's Redis password (first line); "
+        "SYNKAFKA_REDIS_USERNAME names an ACL user.",
+        show_default=False,
+    ),
+]
+DbPasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db-password-file",
+        envvar="SYNKAFKA_DB_PASSWORD_FILE",
+        help="File holding the PostgreSQL password for --db (first line).",
+        show_default=False,
+    ),
+]
 OverridesOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -199,6 +264,22 @@ def read_secret(value: str | None, file: Path | None, what: str) -> Secret | Non
     return Secret(value) if value else None
 
 
+def _env_secret(
+    value: str | None,
+    file: Path | None,
+    env: Mapping[str, str] | None,
+    name: str,
+    what: str,
+) -> Secret | None:
+    """A secret from its option, else ``SYNKAFKA_<name>_FILE``, else ``SYNKAFKA_<name>``."""
+    if value is None and file is None:
+        environ = os.environ if env is None else env
+        file_name = environ.get(f"SYNKAFKA_{name}_FILE")
+        file = Path(file_name) if file_name else None
+        value = environ.get(f"SYNKAFKA_{name}") or None
+    return read_secret(value, file, what)
+
+
 def kafka_settings(
     bootstrap_servers: str,
     security_protocol: str = "PLAINTEXT",
@@ -210,8 +291,34 @@ def kafka_settings(
     ssl_cert: Path | None = None,
     ssl_key: Path | None = None,
     overrides: list[str] | None = None,
+    ssl_key_password: str | None = None,
+    ssl_key_password_file: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> KafkaSettings:
-    """Build :class:`KafkaSettings` from the shared options."""
+    """Build :class:`KafkaSettings` from the shared options.
+
+    The client key password comes from ``ssl_key_password(_file)`` or, when neither is
+    given, from ``SYNKAFKA_SSL_KEY_PASSWORD_FILE`` / ``SYNKAFKA_SSL_KEY_PASSWORD``.
+
+    Args:
+        bootstrap_servers: ``--bootstrap-servers``.
+        security_protocol: ``--security-protocol``.
+        sasl_mechanism: ``--sasl-mechanism``.
+        kafka_username: ``--kafka-username``.
+        kafka_password: ``--kafka-password`` (or its environment variable).
+        kafka_password_file: ``--kafka-password-file``; wins over the password.
+        ssl_ca: ``--ssl-ca``.
+        ssl_cert: ``--ssl-cert``.
+        ssl_key: ``--ssl-key``.
+        overrides: ``-X key=value`` items.
+        ssl_key_password: ``--ssl-key-password``.
+        ssl_key_password_file: ``--ssl-key-password-file``; wins over the password.
+        env: the environment to fall back on (``os.environ`` when None).
+
+    Raises:
+        ConfigError: the settings are inconsistent or a secret file is unreadable.
+    """
     return KafkaSettings(
         bootstrap_servers=bootstrap_servers,
         security_protocol=security_protocol,
@@ -223,8 +330,80 @@ def kafka_settings(
         ssl_ca_location=str(ssl_ca) if ssl_ca else None,
         ssl_certificate_location=str(ssl_cert) if ssl_cert else None,
         ssl_key_location=str(ssl_key) if ssl_key else None,
+        ssl_key_password=_env_secret(
+            ssl_key_password,
+            ssl_key_password_file,
+            env,
+            "SSL_KEY_PASSWORD",
+            "SSL key password",
+        ),
         overrides=parse_overrides(overrides or []),
     )
+
+
+def redis_url(
+    url: str,
+    password_file: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Synapse's Redis URL with its password (and ACL user) from a file or the environment.
+
+    Mirrors Synapse's ``redis`` settings (``password``/``password_path``, ``user``,
+    ``use_tls`` + certificates): the password comes from ``password_file``, else
+    ``SYNKAFKA_REDIS_PASSWORD_FILE``, else ``SYNKAFKA_REDIS_PASSWORD``; the user from
+    ``SYNKAFKA_REDIS_USERNAME``. TLS is the ``rediss://`` scheme, with redis-py's URL
+    parameters for certificates (``?ssl_ca_certs=/ca.pem&ssl_certfile=...&ssl_keyfile=...``).
+    A URL without a password in any of these places is returned unchanged.
+
+    Args:
+        url: ``redis://host:port/db`` or ``rediss://...``.
+        password_file: ``--redis-password-file``.
+        env: the environment to fall back on (``os.environ`` when None).
+
+    Raises:
+        ConfigError: the password file cannot be read or the URL has no host.
+    """
+    environ = os.environ if env is None else env
+    password = _env_secret(
+        None, password_file, environ, "REDIS_PASSWORD", "Redis password"
+    )
+    username = environ.get("SYNKAFKA_REDIS_USERNAME") or None
+    return with_url_password(url, password, username=username)
+
+
+def db_dsn(
+    dsn: str,
+    password_file: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """A ``postgresql://`` DSN with its password from a file or the environment.
+
+    The password comes from ``password_file``, else ``SYNKAFKA_DB_PASSWORD_FILE``.
+    Everything else (``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``,
+    ``passfile``...) is libpq's business: put it in the URL's query string, or use
+    libpq's ``PG*`` environment variables. SQLite DSNs pass through unchanged, and a
+    DSN without a configured password file too.
+
+    Args:
+        dsn: ``postgresql://user@host/db?sslmode=verify-full`` or ``sqlite:///path``.
+        password_file: ``--db-password-file``.
+        env: the environment to fall back on (``os.environ`` when None).
+
+    Raises:
+        ConfigError: the password file cannot be read, or a password file was given
+            for a DSN that is not a ``postgresql://`` URL.
+    """
+    environ = os.environ if env is None else env
+    if password_file is None:
+        name = environ.get("SYNKAFKA_DB_PASSWORD_FILE")
+        password_file = Path(name) if name else None
+    if password_file is None:
+        return dsn
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("a database password file needs a postgresql:// DSN")
+    return with_url_password(dsn, read_secret(None, password_file, "database password"))
 
 
 def resolve_prefix(prefix: str | None, server_name: str) -> str:
