@@ -115,18 +115,19 @@ def role_acls(role: str, prefix: str, instance: str | None = None) -> list[Acl]:
     streams = topics.stream_topic(prefix, "x")[: -len("x")]  # "<prefix>.stream."
     acls: list[Acl] = []
     if role == "bridge":
-        # Publishes every command (Publisher routes them) and reads the positions
-        # topic at start to learn what is already on Kafka.
+        # Publishes every command (Publisher routes them) and, at start, reads the
+        # positions and presence topics to learn what is already on Kafka.
         acls += _topic(streams, "WRITE", pattern="prefixed")
         acls += _topic(topics.positions_topic(prefix), "WRITE", "READ")
+        acls += _topic(topics.presence_topic(prefix), "WRITE", "READ")
         for topic in (
-            topics.presence_topic(prefix),
             topics.commands_topic(prefix),
             topics.user_ip_topic(prefix),
             topics.dlq_topic(prefix),
         ):
             acls += _topic(topic, "WRITE")
         acls += _group(f"{prefix}.synkafka-bridge-positions", "READ")
+        acls += _group(f"{prefix}.synkafka-bridge-presence", "READ")
     elif role == "consumer":
         assert instance is not None  # noqa: S101 (checked above; narrows the type)
         acls += _topic(streams, "READ", pattern="prefixed")
