@@ -14,6 +14,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as _ConfluentProducer
@@ -54,6 +56,10 @@ class Delivered:
     offset: int
 
 
+# Delivery reports are served after this many produce calls or 50 ms, whichever
+# comes first (and by flush/poll).
+_POLL_EVERY = 64
+
 DeliveryCallback = Callable[[DeliveryError | None, Delivered | None], None]
 
 
@@ -83,6 +89,9 @@ class Producer:
         self._metrics = metrics
         self._client: _ConfluentProducer | None = None
         self._failure: KafkaIOError | None = None
+        self._counters: dict[str, Any] = {}
+        self._unpolled = 0
+        self._polled_at = 0.0
         self.acknowledged = 0
 
     @property
@@ -125,36 +134,23 @@ class Producer:
             KafkaIOError: the client hit a fatal error.
         """
         self.check()
-        metrics = self._metrics
-
-        def report(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                failure = DeliveryError(
-                    f"record to {topic} not delivered: {err.str()}",
-                    code=err.name(),
-                    retriable=err.retriable(),
-                )
-                if self._failure is None:
-                    self._failure = failure
-                if metrics is not None:
-                    metrics.delivery_failures.labels(topic).inc()
-                if on_delivery is not None:
-                    on_delivery(failure, None)
-                return
-            self.acknowledged += 1
-            if metrics is not None:
-                metrics.records_out.labels(topic).inc()
-            if on_delivery is not None:
-                on_delivery(
-                    None, Delivered(topic, msg.partition() or 0, msg.offset() or 0)
-                )
-
+        report = (
+            self._report
+            if on_delivery is None
+            else partial(self._report_to, on_delivery)
+        )
         client = self.client
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 client.produce(
-                    topic, value, key, headers=list(headers) or None, on_delivery=report
+                    topic,
+                    value,
+                    key,
+                    headers=headers
+                    if isinstance(headers, list)
+                    else (list(headers) or None),
+                    on_delivery=report,
                 )
                 break
             except BufferError:
@@ -171,7 +167,54 @@ class Producer:
                 raise DeliveryError(
                     f"cannot produce to {topic}: {exc}", code=code
                 ) from exc
-        client.poll(0)
+        # Serving delivery reports costs a call into librdkafka; once per batch of
+        # records keeps reports flowing without paying it per record.
+        self._unpolled += 1
+        if self._unpolled >= _POLL_EVERY or time.monotonic() - self._polled_at > 0.05:
+            self._unpolled = 0
+            self._polled_at = time.monotonic()
+            client.poll(0)
+
+    def _report(self, err: KafkaError | None, msg: Message) -> None:
+        """Delivery report of a record produced without a callback of its own."""
+        if err is not None:
+            self._failed(err, msg.topic() or "")
+            return
+        self.acknowledged += 1
+        if self._metrics is not None:
+            self._out_counter(msg.topic() or "").inc()
+
+    def _report_to(
+        self, on_delivery: DeliveryCallback, err: KafkaError | None, msg: Message
+    ) -> None:
+        """Delivery report for a record whose caller wants to hear about it."""
+        topic = msg.topic() or ""
+        if err is not None:
+            on_delivery(self._failed(err, topic), None)
+            return
+        self.acknowledged += 1
+        if self._metrics is not None:
+            self._out_counter(topic).inc()
+        on_delivery(None, Delivered(topic, msg.partition() or 0, msg.offset() or 0))
+
+    def _failed(self, err: KafkaError, topic: str) -> DeliveryError:
+        failure = DeliveryError(
+            f"record to {topic} not delivered: {err.str()}",
+            code=err.name(),
+            retriable=err.retriable(),
+        )
+        if self._failure is None:
+            self._failure = failure
+        if self._metrics is not None:
+            self._metrics.delivery_failures.labels(topic).inc()
+        return failure
+
+    def _out_counter(self, topic: str) -> Any:
+        # Label lookups cost more than the increment; topics are few.
+        counter = self._counters.get(topic)
+        if counter is None and self._metrics is not None:
+            counter = self._counters[topic] = self._metrics.records_out.labels(topic)
+        return counter
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery reports; returns how many were served."""

@@ -59,6 +59,9 @@ class Publisher:
         # The last token published per (stream, writer) that the positions topic
         # does not have yet.
         self._unannounced: dict[tuple[str, str], int] = {}
+        self._rdata_routes: dict[
+            tuple[str, str], tuple[str, str | None, list[tuple[str, bytes]], Any]
+        ] = {}
 
     @property
     def producer(self) -> Producer:
@@ -117,6 +120,19 @@ class Publisher:
             DeliveryError: this or an earlier record was not delivered.
         """
         value = encode(command)
+        if type(command) is RdataCommand:
+            # The hot path (one record per token): route and counter cached per writer.
+            writer_key = (command.stream_name, command.instance_name)
+            route = self._rdata_routes.get(writer_key) or self._rdata_route(command)
+            topic, key, headers, counter = route
+            self._producer.produce(
+                topic, value, key=key, headers=headers, on_delivery=on_delivery
+            )
+            if command.token is not None:
+                self._unannounced[writer_key] = command.token
+            if counter is not None:
+                counter.inc()
+            return
         topic, key, headers = self._route(command)
         self._producer.produce(
             topic, value, key=key, headers=headers, on_delivery=on_delivery
@@ -137,6 +153,19 @@ class Publisher:
             name = "PRESENCE" if isinstance(command, PresenceSnapshot) else command.NAME
             stream = getattr(command, "stream_name", "")
             self._metrics.commands_out.labels(name, stream).inc()
+
+    def _rdata_route(
+        self, command: RdataCommand
+    ) -> tuple[str, str | None, list[tuple[str, bytes]], Any]:
+        topic, key, headers = self._route(command)
+        counter = (
+            self._metrics.commands_out.labels("RDATA", command.stream_name)
+            if self._metrics is not None
+            else None
+        )
+        route = (topic, key, headers, counter)
+        self._rdata_routes[(command.stream_name, command.instance_name)] = route
+        return route
 
     def _route(
         self, command: Command | PresenceSnapshot
