@@ -142,8 +142,13 @@ def lag(
     streams = stream or [
         s for s in STREAM_NAMES if existing[topics.stream_topic(resolved, s)].exists
     ]
+    # Metadata and watermark requests queue behind a pending fetch; short fetch
+    # waits keep a scan of many partitions fast.
     reader = Consumer(
-        settings, f"{resolved}.synkafka-lag-reader", client_id="synkafka-lag"
+        settings,
+        reader_group,
+        client_id="synkafka-lag",
+        extra={"fetch.wait.max.ms": "10"},
     )
     try:
         rows = measure_lag(admin, reader, resolved, groups, streams)

@@ -248,7 +248,12 @@ def tail(
     )
     resolved = resolve_prefix(prefix, server_name)
     topic = topics.stream_topic(resolved, stream)
-    reader = Consumer(settings, f"{resolved}.synkafka-tail", client_id="synkafka-tail")
+    reader = Consumer(
+        settings,
+        f"{resolved}.synkafka-tail",
+        client_id="synkafka-tail",
+        extra={"fetch.wait.max.ms": "10"},
+    )
     try:
         partitions = reader.partitions(topic)
         if not partitions:

@@ -177,6 +177,9 @@ class ReplicationConsumer:
     def caught_up(self) -> dict[str, bool]:
         """Per stream: pinned head reached and backfill done."""
         with self._lock:
+            if not self._streams:
+                # Not set up yet: nothing is caught up (so /ready says 503).
+                return dict.fromkeys(self._options.streams, False)
             return {s.name: s.caught_up for s in self._streams.values()}
 
     def progress(self) -> Progress:
@@ -318,13 +321,26 @@ class ReplicationConsumer:
             marks = [committed.get((state.topic, p)) for p in state.partitions]
             has_commit = any(c is not None and c.offset is not None for c in marks)
             tokens: dict[str, int] = {}
+            has_metadata = False
             for c in marks:
-                if c is not None and c.metadata:
-                    for (stream, writer), token in decode_commit_metadata(
-                        c.metadata
-                    ).items():
-                        if stream == state.name:
-                            tokens[writer] = max(token, tokens.get(writer, token))
+                if c is None or not c.metadata:
+                    continue
+                try:
+                    decoded = decode_commit_metadata(c.metadata)
+                except DecodeError as exc:
+                    # Someone else's commit (a manual offset reset): no tokens.
+                    logger.warning(
+                        "%s[%d]: commit metadata is not ours (%s); replaying from the "
+                        "committed offset",
+                        c.topic,
+                        c.partition,
+                        exc.reason,
+                    )
+                    continue
+                has_metadata = True
+                for (stream, writer), token in decoded.items():
+                    if stream == state.name:
+                        tokens[writer] = max(token, tokens.get(writer, token))
             db_positions = (
                 reader.positions(state.name) if (reader and state.has_source) else {}
             )
@@ -334,7 +350,7 @@ class ReplicationConsumer:
             elif opts.start_from == "latest" or not has_commit:
                 state.start = dict(state.head)
                 tokens = dict(db_positions)
-            elif state.has_source:
+            elif state.has_source and has_metadata:
                 # Resume: skip Kafka up to the pinned head and read the gap from the DB.
                 # A writer absent from our metadata published nothing before our
                 # commit, so all of its rows are new to us: start it at 0.
@@ -348,7 +364,8 @@ class ReplicationConsumer:
                         ).set(position - cur)
                         tokens[writer] = position
             else:
-                # No database to read from: replay what Kafka holds after the commit.
+                # No database to read from, or a commit without our token map (an
+                # offset reset by hand): replay what Kafka holds after the commit.
                 state.start = {
                     p: (
                         c.offset

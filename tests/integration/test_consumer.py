@@ -25,9 +25,10 @@ from adapter import topics
 from adapter.backoff import Backoff
 from adapter.config import KafkaSettings
 from adapter.db.writer import SynapseWriter
+from adapter.errors import DeliveryError
 from adapter.kafka.admin import Admin
 from adapter.kafka.producer import Producer
-from adapter.localstack import PostgresCluster
+from adapter.localstack import KafkaBroker, PostgresCluster
 from adapter.positions import decode_commit_metadata
 from adapter.rows import row_from_wire
 from adapter.runtime.publisher import Publisher
@@ -424,3 +425,75 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
     assert all(t > committed_token for t in repeated), (
         "only rows after the last commit repeat"
     )
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    kafka: KafkaBroker,
+    pg_dsn: str,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    prefix: str,
+    publisher: Publisher,
+) -> None:
+    dsn = make_database("postgresql", pg_dsn, tmp_path)
+    ensure_topics(kafka_bootstrap, prefix, ["events"])
+    with open_db(dsn) as conn:
+        master = SynapseWriter(conn, "master")
+        with ConsumerRun(kafka_bootstrap, prefix, ["events"], dsn) as run:
+            run.wait_caught_up()
+            before = _events(master, 50)
+            publish_written(publisher, "events", "master", before)
+            publisher.flush()
+            kafka.restart()
+            after = _events(master, 50)
+            publish_written(publisher, "events", "master", after)
+            publisher.flush(60)
+            wait_for(
+                lambda: len(set(run.recorder.tokens("events"))) == 100, 90, "all rows"
+            )
+    tokens = run.recorder.tokens("events")
+    assert tokens == [t for t, _ in before + after], "each row once, in order"
+
+
+def test_an_oversized_record_is_refused_loudly_and_nothing_else_is_lost(
+    kafka_bootstrap: str, prefix: str, publisher: Publisher
+) -> None:
+    ensure_topics(kafka_bootstrap, prefix, ["typing"])
+    huge = row_from_wire(
+        "typing", ["!r:test", [f"@user{i}:test" for i in range(120_000)]]
+    )
+    small = row_from_wire("typing", ["!r:test", ["@a:test"]])
+    with ConsumerRun(kafka_bootstrap, prefix, ["typing"], None) as run:
+        run.wait_caught_up()
+        publisher.publish_rdata("typing", "master", 1, [small])
+        # librdkafka refuses it before it leaves the process: the caller sees it.
+        with pytest.raises(DeliveryError, match=r"MSG_SIZE_TOO_LARGE|too large"):
+            publisher.publish_rdata("typing", "master", 2, [huge])
+        publisher.publish_rdata("typing", "master", 3, [small])
+        publisher.flush()
+        wait_for(lambda: run.recorder.tokens("typing") == [1, 3], what="the small rows")
+
+
+def test_a_commit_without_our_token_map_replays_kafka_from_that_offset(
+    pg_dsn: str, tmp_path: Path, kafka_bootstrap: str, prefix: str, publisher: Publisher
+) -> None:
+    dsn = make_database("postgresql", pg_dsn, tmp_path)
+    ensure_topics(kafka_bootstrap, prefix, ["events"])
+    with open_db(dsn) as conn:
+        written = _events(SynapseWriter(conn, "master"), 6)
+    publish_written(publisher, "events", "master", written)
+    publisher.flush()
+    # What `kafka-consumer-groups --reset-offsets --to-offset 2` leaves behind.
+    raw = KafkaConsumer(
+        {"bootstrap.servers": kafka_bootstrap, "group.id": f"{prefix}.test-consumer"}
+    )
+    raw.commit(
+        offsets=[TopicPartition(topics.stream_topic(prefix, "events"), 0, 2)],
+        asynchronous=False,
+    )
+    raw.close()
+    with ConsumerRun(kafka_bootstrap, prefix, ["events"], dsn) as run:
+        wait_for(lambda: len(run.recorder.tokens("events")) == 4, what="the replay")
+        run.wait_caught_up()
+    assert run.recorder.tokens("events") == [t for t, _ in written[2:]]
+    assert {u.source for u in run.recorder.snapshot()} == {"kafka"}
