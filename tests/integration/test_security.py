@@ -315,10 +315,10 @@ def test_bad_credentials_give_one_clear_line_and_exit_within_30_s(
             "consume", "--prefix", topics_ready, "--instance-name", "bad",
             "--stream", "receipts", "--metrics-port", "-1", "--no-progress",
             *args,
-            timeout=40,
+            timeout=31,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
-        pytest.fail("synkafka consume kept retrying for 40 s")
+        pytest.fail("synkafka consume kept retrying for 31 s")
     elapsed = time.monotonic() - started
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
