@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapter.rows import row_from_wire
 from prometheus_client import CollectorRegistry
 
 from adapter import topics
@@ -26,6 +25,7 @@ from adapter.db.synapse_schema import create_synapse_tables
 from adapter.kafka.admin import Admin
 from adapter.metrics import Metrics
 from adapter.ports import StreamUpdate
+from adapter.rows import row_from_wire
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
 from adapter.runtime.publisher import Publisher
