@@ -12,18 +12,22 @@ from adapter.backoff import Backoff
 from adapter.cli._app import app
 from adapter.cli.common import (
     BootstrapOpt,
+    DbPasswordFileOpt,
     KafkaPasswordFileOpt,
     KafkaPasswordOpt,
     KafkaUserOpt,
     LogLevelOpt,
     OverridesOpt,
     PrefixOpt,
+    RedisPasswordFileOpt,
     SaslMechanismOpt,
     SecurityProtocolOpt,
     SslCaOpt,
     SslCertOpt,
     SslKeyOpt,
+    db_dsn,
     kafka_settings,
+    redis_url,
     resolve_prefix,
     setup_logging,
 )
@@ -75,6 +79,8 @@ def bridge(
             show_default=False,
         ),
     ] = None,
+    redis_password_file: RedisPasswordFileOpt = None,
+    db_password_file: DbPasswordFileOpt = None,
     prefix: PrefixOpt = None,
     metrics_port: Annotated[
         int,
@@ -125,7 +131,9 @@ def bridge(
     metrics = default_metrics()
     stop = threading.Event()
     install_stop_signals(stop)
-    subscriber = ReplicationSubscriber(redis, server_name)
+    subscriber = ReplicationSubscriber(
+        redis_url(redis, redis_password_file), server_name
+    )
     server = None
     if metrics_port >= 0:
         server = HealthServer(
@@ -138,7 +146,7 @@ def bridge(
         )
         server.start()
     backoff = Backoff()
-    dsn = db
+    dsn = db_dsn(db, db_password_file) if db else None
     failed = False
     try:
         while not stop.is_set():

@@ -15,6 +15,7 @@ import typer
 from adapter.cli._app import app
 from adapter.cli.common import (
     BootstrapOpt,
+    DbPasswordFileOpt,
     InstanceOpt,
     KafkaPasswordFileOpt,
     KafkaPasswordOpt,
@@ -28,6 +29,7 @@ from adapter.cli.common import (
     SslCaOpt,
     SslCertOpt,
     SslKeyOpt,
+    db_dsn,
     kafka_settings,
     resolve_prefix,
     setup_logging,
@@ -78,6 +80,7 @@ def consume(
             show_default=False,
         ),
     ] = None,
+    db_password_file: DbPasswordFileOpt = None,
     start_from: Annotated[
         str,
         typer.Option(
@@ -180,7 +183,7 @@ def consume(
         commit_interval_s=commit_interval,
         handler_policy="dead-letter" if on_handler_error == "dead-letter" else "stop",
     )
-    dsn = db
+    dsn = db_dsn(db, db_password_file) if db else None
     consumer = ReplicationConsumer(
         settings,
         options,

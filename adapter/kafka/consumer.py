@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -175,7 +176,10 @@ class Consumer:
                 self._failure = ConsumeError(
                     f"Kafka consumer failed: {error.str()}", code=error.name()
                 )
-            logger.error("Kafka consumer error: %s", error.str())
+                logger.error("Kafka consumer error: %s", error.str())
+            else:
+                # librdkafka repeats it on every reconnect: one line is enough.
+                logger.debug("Kafka consumer error: %s", error.str())
         else:
             logger.warning("Kafka consumer: %s", error.str())
 
@@ -184,12 +188,26 @@ class Consumer:
         if self._failure is not None:
             raise self._failure
 
+    def _serve_callbacks(self) -> None:
+        """Run pending error callbacks (librdkafka runs them only while polled)."""
+        if not self._client.assignment():
+            self._client.poll(0)
+
     def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
         """The partition numbers of ``topic``; empty if the topic does not exist."""
-        try:
-            meta = self._client.list_topics(topic, timeout=timeout_s)
-        except KafkaException as exc:
-            raise _raise_from(exc, f"cannot read metadata of {topic}") from exc
+        # Poll in short steps: an authentication or TLS failure is only reported
+        # through the error callback, which runs while the client is served.
+        deadline = time.monotonic() + timeout_s
+        meta = None
+        while meta is None:
+            left = max(0.01, deadline - time.monotonic())
+            try:
+                meta = self._client.list_topics(topic, timeout=min(1.0, left))
+            except KafkaException as exc:
+                self._serve_callbacks()
+                self.check()
+                if time.monotonic() >= deadline:
+                    raise _raise_from(exc, f"cannot read metadata of {topic}") from exc
         info = meta.topics.get(topic)
         if info is None or info.error is not None:
             if info is not None and info.error is not None:

@@ -291,12 +291,6 @@ _RETRY_RE = re.compile(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the adapter/kafka/consumer.py change in docs/security.md "
-    "('Known gaps'): Consumer.partitions() reports _TRANSPORT after 10 s instead "
-    "of the _AUTHENTICATION/_SSL error librdkafka already gave error_cb",
-)
 @pytest.mark.parametrize("failure", ["wrong-password", "untrusted-certificate"])
 def test_bad_credentials_give_one_clear_line_and_exit_within_30_s(
     secure_kafka: SecureKafka, topics_ready: str, tmp_path: Path, failure: str
