@@ -638,10 +638,10 @@ class ReplicationConsumer:
                 any(isinstance(w, BackfillWork) and w.initial for w in b)
                 for b in state.pending
             )
-            metadata = (
-                encode_commit_metadata({(state.name, w): t for w, t in tokens.items()})
-                if tokens
-                else None
+            # Always ours, even when empty: a commit without it means someone else
+            # moved the offset (see _set_up).
+            metadata = encode_commit_metadata(
+                {(state.name, w): t for w, t in tokens.items()}
             )
             for p in state.partitions:
                 tp = (state.topic, p)
