@@ -6,7 +6,7 @@ raises on a message that carries an error instead of a record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from confluent_kafka import Message
 
@@ -15,9 +15,8 @@ from adapter.errors import ConsumeError
 __all__ = ["KafkaRecord", "from_message"]
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaRecord:
-    """One consumed record.
+class KafkaRecord(NamedTuple):
+    """One consumed record (a named tuple: built once per record on the hot path).
 
     Attributes:
         topic: the topic name.

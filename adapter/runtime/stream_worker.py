@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from adapter.backoff import Backoff
 from adapter.errors import AdapterError, BackfillError
@@ -39,8 +39,7 @@ logger = logging.getLogger(__name__)
 HandlerPolicy = Literal["dead-letter", "stop"]
 
 
-@dataclass(frozen=True, slots=True)
-class UpdateWork:
+class UpdateWork(NamedTuple):
     """Hand ``update`` to the handler (if any), then mark ``offset`` of ``partition`` done.
 
     ``update`` is None for records that need no handler (duplicates, positions); they
