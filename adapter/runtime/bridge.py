@@ -42,6 +42,7 @@ The bridge never writes RDATA or POSITION into Redis; its only Redis command is
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import threading
@@ -65,6 +66,7 @@ from adapter.ports import BackfillReader
 from adapter.records import PresenceSnapshot, SyncingDevice
 from adapter.redis_io import RedisMessage, ReplicationSubscriber
 from adapter.rows import Row
+from adapter.runtime.consumer import GC_THRESHOLD
 from adapter.runtime.publisher import Publisher
 
 __all__ = ["DEFAULT_ANNOUNCE_INTERVAL_S", "Bridge", "BridgeStats", "mask_access_tokens"]
@@ -199,9 +201,20 @@ class Bridge:
     def run(self, stop: threading.Event) -> None:
         """Bridge until ``stop`` is set, then flush everything.
 
+        While it runs, CPython's collector thresholds are raised as the consumer
+        does (see ``adapter.runtime.consumer.GC_THRESHOLD``) and restored after.
+
         Raises:
             KafkaIOError: Kafka failed (the caller restarts with backoff).
         """
+        previous = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLD)
+        try:
+            self._run(stop)
+        finally:
+            gc.set_threshold(*previous)
+
+    def _run(self, stop: threading.Event) -> None:
         producer = self._producer
         connected = self._metrics.bridge_connected
         next_announce = time.monotonic() + self._announce_interval_s
