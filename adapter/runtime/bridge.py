@@ -67,11 +67,15 @@ from adapter.records import PresenceSnapshot, SyncingDevice
 from adapter.redis_io import RedisMessage, ReplicationSubscriber
 from adapter.rows import Row
 from adapter.runtime.consumer import GC_THRESHOLD
+from adapter.runtime.progress import Progress, ProgressReporter
 from adapter.runtime.publisher import Publisher
 
 __all__ = ["DEFAULT_ANNOUNCE_INTERVAL_S", "Bridge", "BridgeStats", "mask_access_tokens"]
 
 logger = logging.getLogger(__name__)
+
+# Gap repairs spanning at least this many tokens show their progress.
+_PROGRESS_MIN_TOKENS = 1000
 
 #: How often the last RDATA token of each writer is recorded on the positions topic.
 DEFAULT_ANNOUNCE_INTERVAL_S: Final = 1.0
@@ -371,6 +375,14 @@ class Bridge:
             return from_token
         rows = 0
         top = from_token
+        # A long catch-up (a bridge restarted after hours) shows its progress: a live
+        # line on a terminal, a log line every few seconds elsewhere.
+        reporter = None
+        if to_token - from_token >= _PROGRESS_MIN_TOKENS:
+            reporter = ProgressReporter(
+                lambda: Progress(rows, rows, to_token - top, 0, 1), log_every_s=5.0
+            )
+            reporter.start()
         try:
             for token, typed_rows in reader.read(stream, writer, from_token, to_token):
                 self._publisher.publish(RdataCommand(stream, writer, token, typed_rows))
@@ -381,6 +393,9 @@ class Bridge:
             logger.exception("%s/%s: gap repair failed", stream, writer)
             self._unrepaired(key, top, to_token, "could not be read")
             return top
+        finally:
+            if reporter is not None:
+                reporter.stop()
         stats = self.stats
         stats.gap_rows += rows
         stats.gap_tokens += to_token - from_token
