@@ -25,6 +25,8 @@ from adapter.cli.common import (
     SslCaOpt,
     SslCertOpt,
     SslKeyOpt,
+    SslKeyPasswordFileOpt,
+    SslKeyPasswordOpt,
     db_dsn,
     kafka_settings,
     redis_url,
@@ -107,6 +109,8 @@ def bridge(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """Follow a Synapse homeserver's Redis replication and publish it to Kafka.
 
@@ -126,6 +130,8 @@ def bridge(
         ssl_cert,
         ssl_key,
         x,
+        ssl_key_password,
+        ssl_key_password_file,
     )
     resolved = resolve_prefix(prefix, server_name)
     metrics = default_metrics()

@@ -29,6 +29,8 @@ from adapter.cli.common import (
     SslCaOpt,
     SslCertOpt,
     SslKeyOpt,
+    SslKeyPasswordFileOpt,
+    SslKeyPasswordOpt,
     db_dsn,
     kafka_settings,
     resolve_prefix,
@@ -139,6 +141,8 @@ def consume(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """Follow replication streams and hand every new row to a handler exactly once.
 
@@ -166,6 +170,8 @@ def consume(
         ssl_cert,
         ssl_key,
         x,
+        ssl_key_password,
+        ssl_key_password_file,
     )
     out_file: IO[str] | None = None
     sink: Handler

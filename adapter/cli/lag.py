@@ -22,6 +22,8 @@ from adapter.cli.common import (
     SslCaOpt,
     SslCertOpt,
     SslKeyOpt,
+    SslKeyPasswordFileOpt,
+    SslKeyPasswordOpt,
     kafka_settings,
     resolve_prefix,
 )
@@ -110,6 +112,8 @@ def lag(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """Show how far consumer groups are behind, per stream and partition.
 
@@ -127,6 +131,8 @@ def lag(
         ssl_cert,
         ssl_key,
         x,
+        ssl_key_password,
+        ssl_key_password_file,
     )
     resolved = resolve_prefix(prefix, server_name)
     admin = Admin(settings)

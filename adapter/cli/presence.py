@@ -27,6 +27,8 @@ from adapter.cli.common import (
     SslCaOpt,
     SslCertOpt,
     SslKeyOpt,
+    SslKeyPasswordFileOpt,
+    SslKeyPasswordOpt,
     kafka_settings,
     resolve_prefix,
     setup_logging,
@@ -81,6 +83,8 @@ _KAFKA_PARAMS = (
     "ssl_cert",
     "ssl_key",
     "x",
+    "ssl_key_password",
+    "ssl_key_password_file",
 )
 
 
@@ -105,6 +109,8 @@ def presence(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """List the live instances on the presence topic: heartbeat age and syncing users.
 
@@ -144,6 +150,8 @@ def list_instances(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """List the live instances on the presence topic: heartbeat age and syncing users."""
     _list(dict(locals()))
@@ -292,6 +300,8 @@ def track(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """Hold syncs open under a fresh instance ID until SIGTERM or Ctrl-C, then clear.
 

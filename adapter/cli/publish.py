@@ -26,6 +26,8 @@ from adapter.cli.common import (
     SslCaOpt,
     SslCertOpt,
     SslKeyOpt,
+    SslKeyPasswordFileOpt,
+    SslKeyPasswordOpt,
     kafka_settings,
     resolve_prefix,
 )
@@ -127,6 +129,8 @@ def publish(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """Publish RDATA/POSITION (and other commands) read one per line, for scripts and tests.
 
@@ -143,6 +147,8 @@ def publish(
         ssl_cert,
         ssl_key,
         x,
+        ssl_key_password,
+        ssl_key_password_file,
     )
     publisher = Publisher(Producer(settings), resolve_prefix(prefix, server_name))
     count = 0
@@ -230,6 +236,8 @@ def tail(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """Decode and print a stream topic's records, for humans (or scripts with --json)."""
     if stream not in STREAM_NAMES:
@@ -245,6 +253,8 @@ def tail(
         ssl_cert,
         ssl_key,
         x,
+        ssl_key_password,
+        ssl_key_password_file,
     )
     resolved = resolve_prefix(prefix, server_name)
     topic = topics.stream_topic(resolved, stream)

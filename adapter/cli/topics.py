@@ -22,6 +22,8 @@ from adapter.cli.common import (
     SslCaOpt,
     SslCertOpt,
     SslKeyOpt,
+    SslKeyPasswordFileOpt,
+    SslKeyPasswordOpt,
     kafka_settings,
     resolve_prefix,
 )
@@ -84,6 +86,8 @@ def ensure(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """Create every missing topic with its settings; report the ones that differ."""
     settings = kafka_settings(
@@ -97,6 +101,8 @@ def ensure(
         ssl_cert,
         ssl_key,
         x,
+        ssl_key_password,
+        ssl_key_password_file,
     )
     specs = _specs(
         resolve_prefix(prefix, server_name), stream, partitions, retention_days
@@ -151,6 +157,8 @@ def describe(
     ssl_cert: SslCertOpt = None,
     ssl_key: SslKeyOpt = None,
     x: OverridesOpt = None,
+    ssl_key_password: SslKeyPasswordOpt = None,
+    ssl_key_password_file: SslKeyPasswordFileOpt = None,
 ) -> None:
     """Show each topic: whether it exists, its partitions, and what differs from expected.
 
@@ -167,6 +175,8 @@ def describe(
         ssl_cert,
         ssl_key,
         x,
+        ssl_key_password,
+        ssl_key_password_file,
     )
     specs = _specs(
         resolve_prefix(prefix, server_name), stream, partitions, retention_days
