@@ -11,30 +11,18 @@ import typer
 from adapter.backoff import Backoff
 from adapter.cli._app import app
 from adapter.cli.common import (
-    BootstrapOpt,
     DbPasswordFileOpt,
-    KafkaPasswordFileOpt,
-    KafkaPasswordOpt,
-    KafkaUserOpt,
     LogLevelOpt,
-    OverridesOpt,
     PrefixOpt,
     RedisPasswordFileOpt,
-    SaslMechanismOpt,
-    SecurityProtocolOpt,
-    SslCaOpt,
-    SslCertOpt,
-    SslKeyOpt,
-    SslKeyPasswordFileOpt,
-    SslKeyPasswordOpt,
     db_dsn,
-    kafka_settings,
     redis_url,
     resolve_prefix,
     setup_logging,
+    with_kafka_options,
 )
 from adapter.cli.consume import install_stop_signals
-from adapter.config import DEFAULT_BOOTSTRAP_SERVERS, KafkaSettings
+from adapter.config import KafkaSettings
 from adapter.errors import ConfigError, KafkaIOError
 from adapter.kafka.consumer import Consumer
 from adapter.kafka.producer import Producer
@@ -53,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 @app.command()
+@with_kafka_options
 def bridge(
     redis: Annotated[
         str,
@@ -99,18 +88,8 @@ def bridge(
         ),
     ] = "127.0.0.1",
     log_level: LogLevelOpt = "INFO",
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """Follow a Synapse homeserver's Redis replication and publish it to Kafka.
 
@@ -119,20 +98,7 @@ def bridge(
     Ctrl-C flushes everything and exits 0 (1 if the final flush failed).
     """
     setup_logging(log_level)
-    settings = kafka_settings(
-        bootstrap_servers,
-        security_protocol,
-        sasl_mechanism,
-        kafka_username,
-        kafka_password,
-        kafka_password_file,
-        ssl_ca,
-        ssl_cert,
-        ssl_key,
-        x,
-        ssl_key_password,
-        ssl_key_password_file,
-    )
+    settings = kafka
     resolved = resolve_prefix(prefix, server_name)
     metrics = default_metrics()
     stop = threading.Event()

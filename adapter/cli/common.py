@@ -28,17 +28,25 @@ secret yet, so every command honours them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from adapter.config import KafkaSettings, Secret, parse_overrides, with_url_password
+from adapter.config import (
+    DEFAULT_BOOTSTRAP_SERVERS,
+    KafkaSettings,
+    Secret,
+    parse_overrides,
+    with_url_password,
+)
 from adapter.errors import ConfigError
 from adapter.topics import default_prefix
 
@@ -68,6 +76,7 @@ __all__ = [
     "redis_url",
     "resolve_prefix",
     "setup_logging",
+    "with_kafka_options",
 ]
 
 _KAFKA = "Kafka connection"
@@ -448,3 +457,51 @@ def config_default_map(path: Path, commands: dict[str, Any]) -> dict[str, Any]:
         return out
 
     return build(commands, data, norm(data))
+
+
+_R = TypeVar("_R")
+
+# The Kafka connection options every Kafka-facing command takes, in --help order:
+# (parameter name, annotated type, default).
+_KAFKA_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("bootstrap_servers", BootstrapOpt, DEFAULT_BOOTSTRAP_SERVERS),
+    ("security_protocol", SecurityProtocolOpt, "PLAINTEXT"),
+    ("sasl_mechanism", SaslMechanismOpt, None),
+    ("kafka_username", KafkaUserOpt, None),
+    ("kafka_password", KafkaPasswordOpt, None),
+    ("kafka_password_file", KafkaPasswordFileOpt, None),
+    ("ssl_ca", SslCaOpt, None),
+    ("ssl_cert", SslCertOpt, None),
+    ("ssl_key", SslKeyOpt, None),
+    ("x", OverridesOpt, None),
+    ("ssl_key_password", SslKeyPasswordOpt, None),
+    ("ssl_key_password_file", SslKeyPasswordFileOpt, None),
+)
+
+
+def with_kafka_options(func: Callable[..., _R]) -> Callable[..., _R]:
+    """Give a command the shared Kafka options as one ``kafka: KafkaSettings`` argument.
+
+    The command declares ``kafka: KafkaSettings`` instead of a dozen options; the
+    wrapper shows Typer the options (flags, ``SYNKAFKA_*`` variables, TOML keys) and
+    builds the settings from them, so every command spells them the same way.
+    """
+    signature = inspect.signature(func, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "kafka"]
+    added = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+        )
+        for name, annotation, default in _KAFKA_OPTIONS
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> _R:
+        options = {name: kwargs.pop(name) for name, _, _ in _KAFKA_OPTIONS}
+        options["overrides"] = options.pop("x")
+        return func(*args, kafka=kafka_settings(**options), **kwargs)
+
+    params = own + added
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper

@@ -14,29 +14,17 @@ import typer
 
 from adapter.cli._app import app
 from adapter.cli.common import (
-    BootstrapOpt,
     DbPasswordFileOpt,
     InstanceOpt,
-    KafkaPasswordFileOpt,
-    KafkaPasswordOpt,
-    KafkaUserOpt,
     LogLevelOpt,
-    OverridesOpt,
     PrefixOpt,
-    SaslMechanismOpt,
-    SecurityProtocolOpt,
     ServerNameOpt,
-    SslCaOpt,
-    SslCertOpt,
-    SslKeyOpt,
-    SslKeyPasswordFileOpt,
-    SslKeyPasswordOpt,
     db_dsn,
-    kafka_settings,
     resolve_prefix,
     setup_logging,
+    with_kafka_options,
 )
-from adapter.config import DEFAULT_BOOTSTRAP_SERVERS
+from adapter.config import KafkaSettings
 from adapter.errors import ConfigError
 from adapter.metrics import default_metrics
 from adapter.ports import Handler
@@ -63,6 +51,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 
 @app.command()
+@with_kafka_options
 def consume(
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
@@ -131,18 +120,8 @@ def consume(
         bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")
     ] = True,
     log_level: LogLevelOpt = "INFO",
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """Follow replication streams and hand every new row to a handler exactly once.
 
@@ -159,20 +138,7 @@ def consume(
     unknown = sorted(set(streams) - set(STREAM_NAMES))
     if unknown:
         raise ConfigError(f"unknown stream(s): {', '.join(unknown)}")
-    settings = kafka_settings(
-        bootstrap_servers,
-        security_protocol,
-        sasl_mechanism,
-        kafka_username,
-        kafka_password,
-        kafka_password_file,
-        ssl_ca,
-        ssl_cert,
-        ssl_key,
-        x,
-        ssl_key_password,
-        ssl_key_password_file,
-    )
+    settings = kafka
     out_file: IO[str] | None = None
     sink: Handler
     if handler is not None:

@@ -10,24 +10,12 @@ import typer
 from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
-    BootstrapOpt,
-    KafkaPasswordFileOpt,
-    KafkaPasswordOpt,
-    KafkaUserOpt,
-    OverridesOpt,
     PrefixOpt,
-    SaslMechanismOpt,
-    SecurityProtocolOpt,
     ServerNameOpt,
-    SslCaOpt,
-    SslCertOpt,
-    SslKeyOpt,
-    SslKeyPasswordFileOpt,
-    SslKeyPasswordOpt,
-    kafka_settings,
     resolve_prefix,
+    with_kafka_options,
 )
-from adapter.config import DEFAULT_BOOTSTRAP_SERVERS
+from adapter.config import KafkaSettings
 from adapter.kafka.admin import Admin
 from adapter.kafka.consumer import Consumer
 from adapter.rows import STREAM_NAMES
@@ -84,6 +72,7 @@ def format_table(rows: list[LagRow]) -> str:
 
 
 @app.command()
+@with_kafka_options
 def lag(
     group: Annotated[
         list[str] | None,
@@ -102,38 +91,15 @@ def lag(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """Show how far consumer groups are behind, per stream and partition.
 
     Columns: committed offset, head, lag in messages and in tokens, time since the
     newest record. Works for groups whose process is down.
     """
-    settings = kafka_settings(
-        bootstrap_servers,
-        security_protocol,
-        sasl_mechanism,
-        kafka_username,
-        kafka_password,
-        kafka_password_file,
-        ssl_ca,
-        ssl_cert,
-        ssl_key,
-        x,
-        ssl_key_password,
-        ssl_key_password_file,
-    )
+    settings = kafka
     resolved = resolve_prefix(prefix, server_name)
     admin = Admin(settings)
     reader_group = f"{resolved}.synkafka-lag-reader"

@@ -14,26 +14,14 @@ import typer
 from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
-    BootstrapOpt,
-    KafkaPasswordFileOpt,
-    KafkaPasswordOpt,
-    KafkaUserOpt,
-    OverridesOpt,
     PrefixOpt,
-    SaslMechanismOpt,
-    SecurityProtocolOpt,
     ServerNameOpt,
-    SslCaOpt,
-    SslCertOpt,
-    SslKeyOpt,
-    SslKeyPasswordFileOpt,
-    SslKeyPasswordOpt,
-    kafka_settings,
     resolve_prefix,
+    with_kafka_options,
 )
 from adapter.codec import decode
 from adapter.commands import Command, PositionCommand, RdataCommand, parse_line
-from adapter.config import DEFAULT_BOOTSTRAP_SERVERS
+from adapter.config import KafkaSettings
 from adapter.errors import ConfigError, DecodeError
 from adapter.kafka.consumer import BEGINNING, END, Consumer, PartitionStart
 from adapter.kafka.producer import Producer
@@ -112,6 +100,7 @@ def parse_input(lines: IO[str]) -> Iterator[Command]:
 
 
 @app.command()
+@with_kafka_options
 def publish(
     source: Annotated[
         Path | None,
@@ -119,37 +108,14 @@ def publish(
     ] = None,
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """Publish RDATA/POSITION (and other commands) read one per line, for scripts and tests.
 
     Exits non-zero if any record was not acknowledged by the broker.
     """
-    settings = kafka_settings(
-        bootstrap_servers,
-        security_protocol,
-        sasl_mechanism,
-        kafka_username,
-        kafka_password,
-        kafka_password_file,
-        ssl_ca,
-        ssl_cert,
-        ssl_key,
-        x,
-        ssl_key_password,
-        ssl_key_password_file,
-    )
+    settings = kafka
     publisher = Publisher(Producer(settings), resolve_prefix(prefix, server_name))
     count = 0
     started = time.monotonic()
@@ -194,6 +160,7 @@ def record_to_json(command: Command | PresenceSnapshot) -> dict[str, Any]:
 
 
 @app.command()
+@with_kafka_options
 def tail(
     stream: Annotated[
         str, typer.Argument(help="The stream to read (events, receipts...).")
@@ -226,36 +193,13 @@ def tail(
     ] = False,
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """Decode and print a stream topic's records, for humans (or scripts with --json)."""
     if stream not in STREAM_NAMES:
         raise ConfigError(f"unknown stream {stream!r}")
-    settings = kafka_settings(
-        bootstrap_servers,
-        security_protocol,
-        sasl_mechanism,
-        kafka_username,
-        kafka_password,
-        kafka_password_file,
-        ssl_ca,
-        ssl_cert,
-        ssl_key,
-        x,
-        ssl_key_password,
-        ssl_key_password_file,
-    )
+    settings = kafka
     resolved = resolve_prefix(prefix, server_name)
     topic = topics.stream_topic(resolved, stream)
     reader = Consumer(

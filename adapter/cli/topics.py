@@ -10,24 +10,12 @@ import typer
 from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
-    BootstrapOpt,
-    KafkaPasswordFileOpt,
-    KafkaPasswordOpt,
-    KafkaUserOpt,
-    OverridesOpt,
     PrefixOpt,
-    SaslMechanismOpt,
-    SecurityProtocolOpt,
     ServerNameOpt,
-    SslCaOpt,
-    SslCertOpt,
-    SslKeyOpt,
-    SslKeyPasswordFileOpt,
-    SslKeyPasswordOpt,
-    kafka_settings,
     resolve_prefix,
+    with_kafka_options,
 )
-from adapter.config import DEFAULT_BOOTSTRAP_SERVERS
+from adapter.config import KafkaSettings
 from adapter.kafka.admin import Admin
 from adapter.rows import STREAM_NAMES
 
@@ -66,6 +54,7 @@ def _specs(
 
 
 @topics_app.command("ensure")
+@with_kafka_options
 def ensure(
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
@@ -76,34 +65,11 @@ def ensure(
         bool,
         typer.Option("--alter", help="Also set expected configs on existing topics."),
     ] = False,
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """Create every missing topic with its settings; report the ones that differ."""
-    settings = kafka_settings(
-        bootstrap_servers,
-        security_protocol,
-        sasl_mechanism,
-        kafka_username,
-        kafka_password,
-        kafka_password_file,
-        ssl_ca,
-        ssl_cert,
-        ssl_key,
-        x,
-        ssl_key_password,
-        ssl_key_password_file,
-    )
+    settings = kafka
     specs = _specs(
         resolve_prefix(prefix, server_name), stream, partitions, retention_days
     )
@@ -140,6 +106,7 @@ def ensure(
 
 
 @topics_app.command("describe")
+@with_kafka_options
 def describe(
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
@@ -147,37 +114,14 @@ def describe(
     partitions: PartitionsOpt = 1,
     retention_days: RetentionOpt = 7.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """Show each topic: whether it exists, its partitions, and what differs from expected.
 
     Exits 1 when a topic is missing or differs, so scripts can check a cluster.
     """
-    settings = kafka_settings(
-        bootstrap_servers,
-        security_protocol,
-        sasl_mechanism,
-        kafka_username,
-        kafka_password,
-        kafka_password_file,
-        ssl_ca,
-        ssl_cert,
-        ssl_key,
-        x,
-        ssl_key_password,
-        ssl_key_password_file,
-    )
+    settings = kafka
     specs = _specs(
         resolve_prefix(prefix, server_name), stream, partitions, retention_days
     )
