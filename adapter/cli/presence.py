@@ -13,28 +13,16 @@ import typer
 from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
-    BootstrapOpt,
     InstanceOpt,
-    KafkaPasswordFileOpt,
-    KafkaPasswordOpt,
-    KafkaUserOpt,
     LogLevelOpt,
-    OverridesOpt,
     PrefixOpt,
-    SaslMechanismOpt,
-    SecurityProtocolOpt,
     ServerNameOpt,
-    SslCaOpt,
-    SslCertOpt,
-    SslKeyOpt,
-    SslKeyPasswordFileOpt,
-    SslKeyPasswordOpt,
-    kafka_settings,
     resolve_prefix,
     setup_logging,
+    with_kafka_options,
 )
 from adapter.cli.consume import install_stop_signals
-from adapter.config import DEFAULT_BOOTSTRAP_SERVERS, KafkaSettings
+from adapter.config import KafkaSettings
 from adapter.errors import ConfigError
 from adapter.kafka.consumer import Consumer
 from adapter.kafka.producer import Producer
@@ -71,46 +59,17 @@ ExpiryOpt = Annotated[
     ),
 ]
 
-# The connection options, by parameter name, shared by every presence command.
-_KAFKA_PARAMS = (
-    "bootstrap_servers",
-    "security_protocol",
-    "sasl_mechanism",
-    "kafka_username",
-    "kafka_password",
-    "kafka_password_file",
-    "ssl_ca",
-    "ssl_cert",
-    "ssl_key",
-    "x",
-    "ssl_key_password",
-    "ssl_key_password_file",
-)
-
-
-def _settings(params: dict[str, Any]) -> KafkaSettings:
-    return kafka_settings(*(params[name] for name in _KAFKA_PARAMS))
-
 
 @presence_app.callback()
+@with_kafka_options
 def presence(
     ctx: typer.Context,
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     expiry: ExpiryOpt = DEFAULT_EXPIRY_MS / 1000,
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """List the live instances on the presence topic: heartbeat age and syncing users.
 
@@ -131,30 +90,21 @@ def presence(
                 f"{ctx.invoked_subcommand} --{given[0].replace('_', '-')} ..."
             )
         return
-    _list(dict(ctx.params))
+    _list(dict(ctx.params), kafka)
 
 
 @presence_app.command("list")
+@with_kafka_options
 def list_instances(
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     expiry: ExpiryOpt = DEFAULT_EXPIRY_MS / 1000,
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """List the live instances on the presence topic: heartbeat age and syncing users."""
-    _list(dict(locals()))
+    _list(dict(locals()), kafka)
 
 
 def _from_command_line(ctx: typer.Context, name: str) -> bool:
@@ -162,9 +112,8 @@ def _from_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
-def _list(params: dict[str, Any]) -> None:
+def _list(params: dict[str, Any], settings: KafkaSettings) -> None:
     prefix = resolve_prefix(params["prefix"], params["server_name"])
-    settings = _settings(params)
     reader = Consumer(
         settings,
         f"{prefix}.presence-list-{new_instance_id(8)}",
@@ -245,6 +194,7 @@ def _pairs(users: list[str], devices: list[str]) -> list[tuple[str, str | None]]
 
 
 @presence_app.command("track")
+@with_kafka_options
 def track(
     user: Annotated[
         list[str],
@@ -290,18 +240,8 @@ def track(
     server_name: ServerNameOpt = "localhost",
     prefix: PrefixOpt = None,
     log_level: LogLevelOpt = "WARNING",
-    bootstrap_servers: BootstrapOpt = DEFAULT_BOOTSTRAP_SERVERS,
-    security_protocol: SecurityProtocolOpt = "PLAINTEXT",
-    sasl_mechanism: SaslMechanismOpt = None,
-    kafka_username: KafkaUserOpt = None,
-    kafka_password: KafkaPasswordOpt = None,
-    kafka_password_file: KafkaPasswordFileOpt = None,
-    ssl_ca: SslCaOpt = None,
-    ssl_cert: SslCertOpt = None,
-    ssl_key: SslKeyOpt = None,
-    x: OverridesOpt = None,
-    ssl_key_password: SslKeyPasswordOpt = None,
-    ssl_key_password_file: SslKeyPasswordFileOpt = None,
+    *,
+    kafka: KafkaSettings,
 ) -> None:
     """Hold syncs open under a fresh instance ID until SIGTERM or Ctrl-C, then clear.
 
@@ -309,7 +249,6 @@ def track(
     when the clear is acknowledged ({"cleared": ...}). For demos and tests.
     """
     setup_logging(log_level)
-    params = dict(locals())
     pairs = _pairs(user, device or [])
     name = instance_name or "presence-track"
     stop = threading.Event()
@@ -332,7 +271,7 @@ def track(
     else:
         prefix_ = resolve_prefix(prefix, server_name)
         producer = Producer(
-            _settings(params), client_id=f"synkafka-presence-{name}", metrics=metrics
+            kafka, client_id=f"synkafka-presence-{name}", metrics=metrics
         )
         sync = PresenceSync(
             Publisher(producer, prefix_, metrics=metrics),
