@@ -15,6 +15,7 @@ scenario stops its children in ``finally`` and the stack stops its services on e
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import tempfile
@@ -31,6 +32,8 @@ from adapter.cli._app import app
 from adapter.errors import ServiceError
 from adapter.localstack import KAFKA_VERSION, LocalStack
 from adapter.localstack._process import ManagedProcess
+from adapter.localstack.matrix_client import MatrixTraffic
+from adapter.localstack.synapse import SynapseHomeserver
 from adapter.runtime.demo import (
     DEFAULT_DURATION_S,
     DEFAULT_ROWS,
@@ -42,6 +45,12 @@ from adapter.runtime.demo import (
     Display,
     LiveView,
     PlainView,
+)
+from adapter.runtime.demo_synapse import (
+    DEFAULT_MESSAGES,
+    QUICK_MESSAGES,
+    SynapseDemo,
+    SynapseDemoSettings,
 )
 
 __all__ = ["demo"]
@@ -140,7 +149,8 @@ def demo(
         typer.Option(
             "--with-synapse",
             help="Follow a real Synapse through `synkafka bridge` instead of the "
-            "simulated homeserver (not implemented yet: says so and exits 3).",
+            "simulated homeserver (Kafka, Redis, Synapse main + worker1; --rows is "
+            "then the number of messages, default 300, --quick 60).",
         ),
     ] = False,
 ) -> None:
@@ -155,8 +165,10 @@ def demo(
     lost rows and lag must be zero.
     """
     if with_synapse:
-        typer.echo(_WITH_SYNAPSE_UNAVAILABLE, err=True)
-        raise typer.Exit(code=3)
+        _demo_with_synapse(
+            postgres=postgres, quick=quick, messages=rows, run_dir=run_dir, live=live
+        )
+        return
     started = time.monotonic()
     folder = run_dir or Path(tempfile.mkdtemp(prefix="synkafka-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -210,9 +222,88 @@ def demo(
         raise typer.Exit(code=1)
 
 
-_WITH_SYNAPSE_UNAVAILABLE = (
-    "synkafka demo --with-synapse is not implemented yet: the demo cannot drive a real "
-    "Synapse through `synkafka bridge` so far (the bridge itself is exercised against a "
-    "real Synapse by `make e2e`, tests/e2e/test_bridge.py). Nothing was started. Run "
-    "`synkafka demo` for the same scenario with a simulated homeserver."
-)
+def _demo_with_synapse(
+    *,
+    postgres: bool,
+    quick: bool,
+    messages: int | None,
+    run_dir: Path | None,
+    live: bool | None,
+) -> None:
+    """The ``--with-synapse`` run: see :mod:`adapter.runtime.demo_synapse`."""
+    started = time.monotonic()
+    folder = run_dir or Path(tempfile.mkdtemp(prefix="synkafka-demo-synapse-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    display: Display = (
+        LiveView(sys.stdout)
+        if (live if live is not None else sys.stdout.isatty())
+        else PlainView(sys.stdout)
+    )
+    say = typer.echo
+    engine = "PostgreSQL" if postgres else "SQLite"
+    say(
+        f"synkafka demo --with-synapse: Apache Kafka {KAFKA_VERSION}, Redis, a real "
+        f"Synapse (main + worker1) on {engine}, all on 127.0.0.1; files in {folder}"
+    )
+    try:
+        with (
+            _stop_signals_interrupt(),
+            LocalStack(
+                kafka=True, redis=True, postgres=postgres, progress=say
+            ) as stack,
+        ):
+            if stack.kafka is None or stack.redis is None:
+                raise ServiceError("the local Kafka broker or Redis did not start")
+            db_dsn = (
+                stack.postgres.create_database("synapse_demo")
+                if stack.postgres is not None
+                else None
+            )
+            synapse_dir = folder / "synapse"
+            if synapse_dir.exists():  # a reused --run-dir starts with a new homeserver
+                shutil.rmtree(synapse_dir)
+            synapse_dir.mkdir()
+            hs_started = time.monotonic()
+            with SynapseHomeserver(
+                stack.redis.url,
+                database_dsn=db_dsn,
+                with_worker=True,
+                server_name="demo.local",
+                run_dir=synapse_dir,
+            ) as hs:
+                hs.start()
+                say(
+                    f"Synapse: main {hs.client_url} and worker1 "
+                    f"{hs.worker_client_url} ready in {time.monotonic() - hs_started:.1f} s."
+                )
+                dsn = db_dsn or f"sqlite:///{hs.sqlite_path}"
+                settings = SynapseDemoSettings(
+                    demo=DemoSettings(
+                        bootstrap=stack.kafka.bootstrap_servers,
+                        dsn=dsn,
+                        run_dir=folder,
+                        python=sys.executable,
+                        server_name=hs.server_name,
+                    ),
+                    redis_url=stack.redis.url,
+                    messages=messages
+                    or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES),
+                )
+                traffic = MatrixTraffic(
+                    hs.client_url,
+                    hs.worker_client_url or hs.client_url,
+                    hs.registration_shared_secret,
+                )
+                report = SynapseDemo(settings, _spawn, display, traffic).run()
+    except KeyboardInterrupt:
+        typer.echo("Interrupted; every process was stopped.", err=True)
+        raise typer.Exit(code=130) from None
+    say("")
+    for line in report.lines():
+        say(line)
+    say(
+        f"Stopped everything; the demo took {time.monotonic() - started:.1f} s "
+        "(local services and Synapse included)."
+    )
+    if not report.ok:
+        raise typer.Exit(code=1)
