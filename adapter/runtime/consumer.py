@@ -144,6 +144,17 @@ _FATAL_CODES = frozenset(
 )
 
 
+def _held(tracker: PositionTracker, decision: Drop) -> tuple[str, int] | None:
+    """The writer's token after a dropped record, so the commit records the writer.
+
+    A writer first seen in a dropped record (a stale POSITION of a new writer starts it
+    at the stream's minimum) would otherwise never reach the commit metadata, and lag
+    readers would count it from token 0.
+    """
+    token = tracker.token(decision.stream, decision.writer)
+    return None if token is None else (decision.writer, token)
+
+
 class ReplicationConsumer:
     """Follows replication streams on Kafka and hands every row to handlers once.
 
@@ -558,7 +569,11 @@ class ReplicationConsumer:
             self._metrics.rows_dropped.labels(state.name, "duplicate").inc(
                 len(command.rows)
             )
-            return [UpdateWork(tp, record.offset, None)]
+            return [
+                UpdateWork(
+                    tp, record.offset, None, token_after=_held(tracker, decision)
+                )
+            ]
         if isinstance(decision, Backfill):
             # An RDATA from a writer we have no token for: the backfill reads the rows
             # before it *and* this record's rows (the writer persisted them first).
@@ -589,7 +604,7 @@ class ReplicationConsumer:
         )
         writer_token = (command.instance_name, command.new_token)
         if isinstance(decision, Drop):
-            return [UpdateWork(tp, offset, None)]
+            return [UpdateWork(tp, offset, None, token_after=_held(tracker, decision))]
         if isinstance(decision, Apply | Reset):
             return [UpdateWork(tp, offset, None, token_after=writer_token)]
         if isinstance(decision, Gap):

@@ -147,7 +147,12 @@ def measure_lag(
                         }
                     except DecodeError:
                         mine = {}
-                lag_tokens = sum(max(0, t - mine.get(w, 0)) for w, t in writers.items())
+                # A writer the group never recorded starts, for the consumer, at the
+                # stream's minimum known token (PositionTracker Rule 5), not at 0.
+                floor = min(mine.values()) if mine else 0
+                lag_tokens = sum(
+                    max(0, t - mine.get(w, floor)) for w, t in writers.items()
+                )
             rows.append(
                 LagRow(
                     group=group,
