@@ -140,8 +140,10 @@ class SynapseDemoReport:
         )
         acts = ", ".join(f"{k} {v}" for k, v in sorted(self.actions.items()))
         out = [
-            (f"Summary (real Synapse on {self.engine}, main + {WORKER_NAME}; "
-            "synkafka bridge -> Kafka -> synkafka consume)"),
+            (
+                f"Summary (real Synapse on {self.engine}, main + {WORKER_NAME}; "
+                "synkafka bridge -> Kafka -> synkafka consume)"
+            ),
             f"  {'stream':<14}{'in Synapse DB':>15}{'delivered':>11}{'backfill':>10}",
             *(
                 f"  {s:<14}{db:>15}{dl:>11}{bf:>10}"
