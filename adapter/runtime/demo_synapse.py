@@ -229,7 +229,11 @@ class SynapseDemo:
             raise ServiceError(f"the presence view failed: {self._follower.failure}")
 
     def _wait(
-        self, what: str, done: Callable[[], bool], timeout_s: float = 60.0
+        self,
+        what: str,
+        done: Callable[[], bool],
+        timeout_s: float = 60.0,
+        detail: Callable[[], str] | None = None,
     ) -> float:
         started = time.monotonic()
         while True:
@@ -238,8 +242,11 @@ class SynapseDemo:
             if done():
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
+                # Say what is still missing: a bare timeout gives the operator
+                # (and a failed CI run) nothing to go on.
+                extra = f": {detail()}" if detail is not None else ""
                 raise ServiceError(
-                    f"timed out after {timeout_s:.0f} s waiting for {what}"
+                    f"timed out after {timeout_s:.0f} s waiting for {what}{extra}"
                 )
             time.sleep(0.05)
 
@@ -374,14 +381,27 @@ class SynapseDemo:
         lag = self._lag
         assert lag is not None  # noqa: S101 - set in _set_up
 
+        last: list[LagRow] = []
+
         def lag_zero() -> bool:
-            rows = lag.measure()
-            lag.record(rows)
-            return bool(rows) and not any(
-                r.lag_messages or (r.lag_tokens or 0) for r in rows
+            last[:] = lag.measure()
+            lag.record(last)
+            return bool(last) and not any(
+                r.lag_messages or (r.lag_tokens or 0) for r in last
             )
 
-        took = self._wait("zero lag", lag_zero, 30)
+        def behind() -> str:
+            rows = [r for r in last if r.lag_messages or (r.lag_tokens or 0)]
+            return (
+                "; ".join(
+                    f"{r.stream}[{r.partition}] committed {r.committed} head {r.head} "
+                    f"tokens behind {r.lag_tokens}"
+                    for r in rows
+                )
+                or "no lag rows"
+            )
+
+        took = self._wait("zero lag", lag_zero, 30, behind)
         self._say(f"Lag: zero on every stream ({took:.1f} s after the last delivery).")
         follower = self._follower
         assert follower is not None  # noqa: S101 - set in _set_up
