@@ -188,7 +188,8 @@ class ReplicationConsumer:
         self._streams: dict[str, _StreamState] = {}
         self._by_topic: dict[str, _StreamState] = {}
         self._lock = threading.Lock()
-        self._committed: dict[TP, int] = {}
+        # Per partition: the last committed offset and the token map it carried.
+        self._committed: dict[TP, tuple[int, str]] = {}
         self._dlq_producer: Producer | None = None
         self.attempts = 0
         self.records_seen = 0
@@ -416,7 +417,7 @@ class ReplicationConsumer:
                     len(work),
                 )
             for p in state.partitions:
-                self._committed[(state.topic, p)] = -1
+                self._committed[(state.topic, p)] = (-1, "")
                 starts.append(PartitionStart(state.topic, p, state.start[p]))
 
         with self._lock:
@@ -686,13 +687,23 @@ class ReplicationConsumer:
                     # Nothing consumed yet, but the skipped range below the pinned head
                     # is covered by the finished backfill: commit the head.
                     offset = start
-                if offset is None or offset <= self._committed.get(tp, -1):
+                last_offset, last_metadata = self._committed.get(tp, (-1, ""))
+                # The token map is per stream but stored on every partition: a
+                # partition with no new records still gets a commit (same offset) when
+                # the stream's tokens moved, or lag readers would keep counting the
+                # tokens its metadata lacks.
+                if offset is None or offset < last_offset:
+                    continue
+                if offset == last_offset and metadata == last_metadata:
                     continue
                 offsets.append(Committed(state.topic, p, offset, metadata))
         if offsets:
             consumer.commit(offsets)
             for c in offsets:
-                self._committed[(c.topic, c.partition)] = c.offset or 0
+                self._committed[(c.topic, c.partition)] = (
+                    c.offset or 0,
+                    c.metadata or "",
+                )
 
     def _update_caught_up(self) -> bool:
         all_up = True

@@ -27,10 +27,12 @@ from adapter.config import KafkaSettings
 from adapter.db.writer import SynapseWriter
 from adapter.errors import DeliveryError
 from adapter.kafka.admin import Admin
+from adapter.kafka.consumer import Consumer
 from adapter.kafka.producer import Producer
 from adapter.localstack import KafkaBroker, PostgresCluster
 from adapter.positions import decode_commit_metadata
 from adapter.rows import row_from_wire
+from adapter.runtime.lag import LagRow, measure_lag
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ConsumerRun,
@@ -497,3 +499,49 @@ def test_a_commit_without_our_token_map_replays_kafka_from_that_offset(
         run.wait_caught_up()
     assert run.recorder.tokens("events") == [t for t, _ in written[2:]]
     assert {u.source for u in run.recorder.snapshot()} == {"kafka"}
+
+
+def test_every_partition_carries_the_stream_token_map_so_lag_reaches_zero(
+    tmp_path: Path, kafka_bootstrap: str, prefix: str, publisher: Publisher
+) -> None:
+    # One writer keys every record to one partition; the other partition only ever
+    # holds the initial commit. Its metadata must still follow the stream's tokens.
+    dsn = make_database("sqlite", "", tmp_path)
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    Admin(settings).create_topics(
+        topics.topic_specs(prefix, ["events"], stream_partitions=2)
+    )
+    with (
+        open_db(dsn) as conn,
+        ConsumerRun(kafka_bootstrap, prefix, ["events"], dsn) as run,
+    ):
+        run.wait_caught_up()
+        written = _events(SynapseWriter(conn, "master"), 5)
+        publish_written(publisher, "events", "master", written)
+        last = written[-1][0]
+        publisher.publish_position("events", "master", last, last)
+        publisher.flush()
+        wait_for(lambda: len(run.recorder.tokens("events")) == 5, what="5 rows")
+        reader = Consumer(settings, f"{prefix}.lag-reader")
+        rows: list[LagRow] = []
+        try:
+
+            def zero() -> bool:
+                rows[:] = measure_lag(
+                    Admin(settings),
+                    reader,
+                    prefix,
+                    [f"{prefix}.test-consumer"],
+                    ["events"],
+                )
+                return len(rows) == 2 and all(
+                    r.lag_messages == 0 and r.lag_tokens == 0 for r in rows
+                )
+
+            try:
+                wait_for(zero, what="zero lag on both partitions")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; last lag rows: {rows}") from None
+        finally:
+            reader.close()
+    assert sorted(r.head for r in rows)[0] == 0  # one partition never got a record
