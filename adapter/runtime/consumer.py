@@ -409,6 +409,13 @@ class ReplicationConsumer:
             for writer, token in tokens.items():
                 tracker.seed(state.name, writer, token)
                 self._metrics.stream_position.labels(state.name, writer).set(token)
+            # The worker has handled everything up to the start tokens, except the
+            # gaps its initial backfill still has to read.
+            handled = dict(tokens)
+            for w in work:
+                if isinstance(w, BackfillWork):
+                    handled[w.instance_name] = w.from_token
+            state.worker.seed(handled)
             if work:
                 initial[state.name] = work
                 logger.info(

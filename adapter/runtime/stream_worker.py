@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -141,6 +141,16 @@ class StreamWorker:
     def start(self) -> None:
         """Start the thread."""
         self._thread.start()
+
+    def seed(self, tokens: Mapping[str, int]) -> None:
+        """Record the tokens this stream starts from as already handled.
+
+        Without it a quiet stream (no work since the start) would commit an empty
+        token map, and the next start would read its whole history again.
+        """
+        with self._lock:
+            for writer, token in tokens.items():
+                self._progress.tokens.setdefault(writer, token)
 
     def offer(self, batch: list[Work]) -> bool:
         """Queue a batch without blocking; False when the queue is full."""

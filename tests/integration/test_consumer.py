@@ -545,3 +545,26 @@ def test_every_partition_carries_the_stream_token_map_so_lag_reaches_zero(
         finally:
             reader.close()
     assert sorted(r.head for r in rows)[0] == 0  # one partition never got a record
+
+
+def test_a_quiet_stream_keeps_its_token_map_across_restarts(
+    tmp_path: Path, kafka_bootstrap: str, prefix: str, publisher: Publisher
+) -> None:
+    # Rows written before the first start are history, not a gap: no restart may
+    # hand them out, even when the stream got no record while the consumer ran.
+    dsn = make_database("sqlite", "", tmp_path)
+    ensure_topics(kafka_bootstrap, prefix, ["events"])
+    with open_db(dsn) as conn:
+        history = _events(SynapseWriter(conn, "master"), 5)
+    last = history[-1][0]
+    group = f"{prefix}.test-consumer"
+    topic = topics.stream_topic(prefix, "events")
+    admin = Admin(KafkaSettings(bootstrap_servers=kafka_bootstrap))
+    for _ in range(2):
+        with ConsumerRun(kafka_bootstrap, prefix, ["events"], dsn) as run:
+            run.wait_caught_up()
+            wait_for(lambda: (topic, 0) in admin.group_offsets(group), what="a commit")
+        assert run.recorder.snapshot() == []
+        _, metadata = admin.group_offsets(group)[(topic, 0)]
+        assert metadata is not None
+        assert decode_commit_metadata(metadata) == {("events", "master"): last}
