@@ -119,6 +119,11 @@ ID_GENERATORS: Mapping[str, IdGenerator] = {
             IdTable("device_lists_stream", "stream_id"),
             IdTable("user_signature_stream", "stream_id"),
             IdTable("device_lists_outbound_pokes", "stream_id"),
+            # Room fan-out and remote-pending rows take ids from the same sequence
+            # without a stream row; Synapse counts them when it starts up.
+            IdTable("device_lists_changes_in_room", "stream_id"),
+            IdTable("device_lists_remote_pending", "stream_id"),
+            IdTable("device_lists_changes_converted_stream_position", "stream_id"),
         ),
     ),
     "to_device": IdGenerator(
@@ -361,6 +366,29 @@ _COMMON_DDL: tuple[str, ...] = (
         instance_name TEXT
     )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS user_signature_stream_idx ON user_signature_stream (stream_id)",
+    """CREATE TABLE IF NOT EXISTS device_lists_changes_in_room (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        stream_id BIGINT NOT NULL,
+        converted_to_destinations BOOLEAN NOT NULL,
+        opentracing_context TEXT,
+        instance_name TEXT,
+        inserted_ts BIGINT
+    )""",
+    """CREATE TABLE IF NOT EXISTS device_lists_remote_pending (
+        stream_id BIGINT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        instance_name TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS device_lists_changes_converted_stream_position (
+        lock CHAR(1) NOT NULL DEFAULT 'X' UNIQUE,
+        stream_id BIGINT NOT NULL,
+        room_id TEXT NOT NULL,
+        instance_name TEXT,
+        CHECK (lock = 'X')
+    )""",
     """CREATE TABLE IF NOT EXISTS device_inbox (
         user_id TEXT NOT NULL,
         device_id TEXT NOT NULL,

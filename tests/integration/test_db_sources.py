@@ -410,6 +410,28 @@ def test_positions_are_empty_for_a_stream_without_rows(conn: DbConnection) -> No
             assert source.read_positions(conn) == {}
 
 
+def test_device_lists_positions_count_every_table_of_its_id_generator(
+    conn: DbConnection,
+) -> None:
+    # A join fans a device change out to rooms with fresh ids and no stream row;
+    # Synapse's POSITION includes them, so the fallback must too.
+    source = builtin_registry(engine=conn.engine).require("device_lists")
+    conn.execute(
+        "INSERT INTO device_lists_stream (stream_id, user_id, device_id, instance_name)"
+        " VALUES (3, '@a:test', 'D', 'master')"
+    )
+    conn.execute(
+        "INSERT INTO device_lists_changes_in_room (user_id, device_id, room_id,"
+        " stream_id, converted_to_destinations, instance_name)"
+        " VALUES ('@a:test', 'D', '!r:test', 6, FALSE, 'master')"
+    )
+    conn.execute(
+        "INSERT INTO device_lists_remote_pending (stream_id, user_id, device_id,"
+        " instance_name) VALUES (5, '@b:remote', 'E', 'worker1')"
+    )
+    assert source.read_positions(conn) == {"master": 6, "worker1": 5}
+
+
 # -- limited semantics -----------------------------------------------------------------
 
 
