@@ -31,9 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final, TypeAlias
 
-from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 
+from adapter.avro_body import BodyReader, BodyWriter
 from adapter.commands import COMMAND_CLASSES, Command, RdataCommand
 from adapter.errors import (
     DecodeError,
@@ -219,15 +219,15 @@ class _Root:
     schema: AvroSchema
     to_dict: _ToDict
     from_dict: _FromDict
+    body: BodyWriter
 
 
 @dataclass(frozen=True, slots=True)
 class _Writer:
-    """How to read one writer fingerprint: its schema, and the reader (or None)."""
+    """How to read one writer fingerprint: its root type and its body reader."""
 
     root: _Root
-    writer_schema: AvroSchema
-    reader_schema: AvroSchema | None
+    body: BodyReader
 
 
 class Codec:
@@ -276,8 +276,14 @@ class Codec:
                 to_dict, from_dict = self._snapshot_to_dict, self._snapshot_from_dict
             else:
                 to_dict, from_dict = _compile(cls, version.parsed, _tuple_fields(cls))
+            header = MAGIC + version.fingerprint
             root = _Root(
-                name, MAGIC + version.fingerprint, version.parsed, to_dict, from_dict
+                name,
+                header,
+                version.parsed,
+                to_dict,
+                from_dict,
+                BodyWriter(version.parsed, header),
             )
             self._roots[cls] = root
 
@@ -287,7 +293,9 @@ class Codec:
             if root_ is None:
                 continue  # a retired type: its records fail with a clear DecodeError
             if version.current:
-                self._writers[digest] = _Writer(root_, version.parsed, None)
+                self._writers[digest] = _Writer(
+                    root_, BodyReader(version.parsed, None, return_record_name=True)
+                )
                 continue
             problems = incompatibilities(version.parsed, root_.schema)
             if problems:
@@ -295,7 +303,10 @@ class Codec:
                     f"{version.path}: the current {version.name} cannot read it: "
                     + "; ".join(problems)
                 )
-            self._writers[digest] = _Writer(root_, version.parsed, root_.schema)
+            self._writers[digest] = _Writer(
+                root_,
+                BodyReader(version.parsed, root_.schema, return_record_name=True),
+            )
 
     # --- RDATA and PresenceSnapshot have nested records: written by hand ---
 
@@ -381,15 +392,12 @@ class Codec:
         if root is None:
             raise EncodeError(f"cannot encode a {type(record).__name__}")
         datum = root.to_dict(record)
-        out = io.BytesIO()
-        out.write(root.header)
         try:
-            schemaless_writer(out, root.schema, datum)
+            return root.body.write(datum)
         except (TypeError, ValueError, AttributeError, OverflowError, KeyError) as exc:
             # Rare path: walk the datum to say which field is wrong.
             path, reason = _find_bad_field(datum, root.schema, root.name)
             raise EncodeError(reason or str(exc), path=path) from exc
-        return out.getvalue()
 
     def decode(self, data: bytes) -> Record:
         """Decode a single-object Avro record written by any kept schema version.
@@ -423,12 +431,7 @@ class Codec:
         stream = io.BytesIO(data[_HEADER_LEN:])
         root = writer.root
         try:
-            datum: Any = schemaless_reader(
-                stream,
-                writer.writer_schema,
-                writer.reader_schema,
-                return_record_name=True,
-            )
+            datum: Any = writer.body.read(stream)
         except (
             EOFError,
             ValueError,
