@@ -19,8 +19,8 @@ about topics, keys or Kafka clients.
 Speed: the dataclass <-> dict conversion is done by small functions generated once per
 type when the :class:`Codec` is built (the way ``dataclasses`` builds ``__init__``), so
 no reflection happens per record. RDATA rows are written with fastavro's tuple
-notation ``(record name, dict)`` and read with ``return_record_name``, so fastavro never
-has to guess a union branch.
+notation ``(record name, dict)``, so fastavro never has to guess a union branch, and
+read as plain dicts: the row kinds of one stream differ in field count.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from adapter.errors import (
     UnknownStreamDecodeError,
 )
 from adapter.records import PresenceSnapshot, SyncingDevice
-from adapter.rows import ROW_CLASSES, ROW_TYPES_BY_STREAM, Row
+from adapter.rows import ROW_CLASSES, Row, row_field_types
 from adapter.schemas import (
     AvroSchema,
     SchemaSet,
@@ -138,7 +138,7 @@ def _compile(
     not have (added later, with a default) are left to fastavro's default on write
     and ignored on read.
     """
-    names = [f.name for f in fields(cls)]
+    names = [name for name, _ in _field_types(cls)]
     schema_names = [f["name"] for f in _record_fields(schema)]
     missing = [n for n in names if n not in schema_names]
     if missing:
@@ -156,25 +156,35 @@ def _compile(
         (f"{n!r}: _list_or_none(obj.{n})" if n in tuple_fields else f"{n!r}: obj.{n}")
         for n in names
     )
-    # Readers build the frozen instance by setting its slots directly: the dataclass
-    # __init__ goes through object.__setattr__ per field (frozen), which costs about
-    # three times as much, and it has no validation to skip (no __post_init__).
     namespace: dict[str, Any] = {
         "cls": cls,
         "_new": object.__new__,
+        "_tuple_new": tuple.__new__,
         "_tuple_or_none": _tuple_or_none,
         "_list_or_none": _list_or_none,
     }
-    sets = []
-    for i, n in enumerate(names):
-        # The slot's member descriptor, found through the MRO (simple commands
-        # inherit theirs from SimpleCommand).
-        namespace[f"_set{i}"] = getattr(cls, n).__set__
-        value = f"_tuple_or_none(d[{n!r}])" if n in tuple_fields else f"d[{n!r}]"
-        sets.append(f"    _set{i}(obj, {value})\n")
-    from_src = (
-        f"def from_dict(d):\n    obj = _new(cls)\n{''.join(sets)}    return obj\n"
-    )
+    values = [
+        f"_tuple_or_none(d[{n!r}])" if n in tuple_fields else f"d[{n!r}]" for n in names
+    ]
+    if issubclass(cls, tuple):
+        # Rows are named tuples: one C call, no per-field store.
+        from_src = (
+            f"def from_dict(d):\n    return _tuple_new(cls, ({', '.join(values)},))\n"
+        )
+    else:
+        # Readers build the frozen instance by setting its slots directly: the
+        # dataclass __init__ goes through object.__setattr__ per field (frozen),
+        # which costs about three times as much, and it has no validation to skip
+        # (no __post_init__).
+        sets = []
+        for i, (n, value) in enumerate(zip(names, values, strict=True)):
+            # The slot's member descriptor, found through the MRO (simple commands
+            # inherit theirs from SimpleCommand).
+            namespace[f"_set{i}"] = getattr(cls, n).__set__
+            sets.append(f"    _set{i}(obj, {value})\n")
+        from_src = (
+            f"def from_dict(d):\n    obj = _new(cls)\n{''.join(sets)}    return obj\n"
+        )
     source = f"def to_dict(obj):\n    return {{{to_items}}}\n" + from_src
     # Generated once per type at start-up from field names we control, as dataclasses
     # does for __init__: a literal dict display is much faster than any generic loop.
@@ -200,6 +210,10 @@ _make_rdata: Final = _maker(RdataCommand)
 _make_snapshot: Final = _maker(PresenceSnapshot)
 
 
+def _foreign_row(value: dict[str, Any]) -> Any:
+    raise KeyError(len(value))
+
+
 def _tuple_or_none(value: list[Any] | None) -> tuple[Any, ...] | None:
     return None if value is None else tuple(value)
 
@@ -208,8 +222,15 @@ def _list_or_none(value: tuple[Any, ...] | None) -> list[Any] | None:
     return None if value is None else list(value)
 
 
+def _field_types(cls: type[Any]) -> tuple[tuple[str, str], ...]:
+    """``(name, annotation text)`` of a row (named tuple) or a dataclass."""
+    if issubclass(cls, tuple):
+        return row_field_types(cls)
+    return tuple((f.name, str(f.type)) for f in fields(cls))
+
+
 def _tuple_fields(cls: type[Any]) -> set[str]:
-    return {f.name for f in fields(cls) if str(f.type).startswith("tuple[")}
+    return {n for n, annotation in _field_types(cls) if annotation.startswith("tuple[")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +272,12 @@ class Codec:
         rdata_schema = schemas.current[_ROOT_NAMES[RdataCommand]].parsed
         snapshot_schema = schemas.current[_ROOT_NAMES[PresenceSnapshot]].parsed
 
-        # Rows: name -> (from_dict, stream) for reading; class -> (name, to_dict,
-        # stream) for writing.
+        # Rows: class -> (name, to_dict, stream) for writing; stream -> field count
+        # -> from_dict for reading. The row kinds of one stream differ in field
+        # count (checked here), so a decoded row dict says its own kind and fastavro
+        # need not return record names, which costs it a check on every union.
         self._row_writers: dict[type[Any], tuple[str, _ToDict, str]] = {}
-        self._row_readers: dict[str, tuple[_FromDict, str]] = {}
+        self._row_readers: dict[str, dict[int, _FromDict]] = {}
         for cls in ROW_CLASSES:
             name = _NESTED_NAMES[cls]
             record = _find_record(rdata_schema, name)
@@ -262,7 +285,14 @@ class Codec:
                 raise SchemaError(f"RDATA rows have no branch {name}")
             to_dict, from_dict = _compile(cls, record, _tuple_fields(cls))
             self._row_writers[cls] = (name, to_dict, cls.STREAM_NAME)
-            self._row_readers[name] = (from_dict, cls.STREAM_NAME)
+            kinds = self._row_readers.setdefault(cls.STREAM_NAME, {})
+            count = len(_record_fields(record))
+            if count in kinds:
+                raise SchemaError(
+                    f"two {cls.STREAM_NAME} row records have {count} fields; the "
+                    "decoder tells a stream's row kinds apart by field count"
+                )
+            kinds[count] = from_dict
         device = _find_record(snapshot_schema, _NESTED_NAMES[SyncingDevice])
         if device is None:
             raise SchemaError("PresenceSnapshot has no SyncingDevice record")
@@ -294,7 +324,7 @@ class Codec:
                 continue  # a retired type: its records fail with a clear DecodeError
             if version.current:
                 self._writers[digest] = _Writer(
-                    root_, BodyReader(version.parsed, None, return_record_name=True)
+                    root_, BodyReader(version.parsed, None, return_record_name=False)
                 )
                 continue
             problems = incompatibilities(version.parsed, root_.schema)
@@ -305,7 +335,7 @@ class Codec:
                 )
             self._writers[digest] = _Writer(
                 root_,
-                BodyReader(version.parsed, root_.schema, return_record_name=True),
+                BodyReader(version.parsed, root_.schema, return_record_name=False),
             )
 
     # --- RDATA and PresenceSnapshot have nested records: written by hand ---
@@ -338,15 +368,21 @@ class Codec:
 
     def _rdata_from_dict(self, d: dict[str, Any]) -> RdataCommand:
         stream = d["stream_name"]
-        readers = self._row_readers
+        kinds = self._row_readers.get(stream)
+        if kinds is None:
+            raise UnknownStreamDecodeError(f"unknown stream {stream!r}")
         rows = []
-        for name, value in d["rows"]:
-            from_dict, row_stream = readers[name]
-            if row_stream != stream:
-                if stream not in ROW_TYPES_BY_STREAM:
-                    raise UnknownStreamDecodeError(f"unknown stream {stream!r}")
-                raise DecodeError(f"RDATA of stream {stream!r} holds a {name} row")
-            rows.append(from_dict(value))
+        for value in d["rows"]:
+            # Another stream's row has other field names or another count (one with
+            # the very same fields as one of this stream's reads as that row).
+            from_dict = kinds.get(len(value), _foreign_row)
+            try:
+                rows.append(from_dict(value))
+            except KeyError:
+                raise DecodeError(
+                    f"RDATA of stream {stream!r} holds a row with fields "
+                    f"{sorted(value)}, which is not one of its rows"
+                ) from None
         if not rows:
             raise DecodeError("RDATA without rows")
         result: RdataCommand = _make_rdata(

@@ -1,4 +1,4 @@
-"""Typed stream rows: one frozen dataclass per row shape of every Synapse stream.
+"""Typed stream rows: one immutable named tuple per row shape of every Synapse stream.
 
 This module owns:
 
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
 
 from adapter.errors import (
     DecodeError,
@@ -70,6 +70,7 @@ __all__ = [
     "UnPartialStatedRoomRow",
     "dumps_json",
     "loads_json",
+    "row_field_types",
     "row_from_wire",
     "row_to_wire",
     "row_types",
@@ -131,18 +132,17 @@ def loads_json(text: str) -> JsonValue:
 
 # --- The row classes ---------------------------------------------------------------
 # Field order is the wire order. Every class names its stream in STREAM_NAME.
+#
+# Rows are named tuples, not dataclasses: a backfill builds millions of them and the
+# codec one per RDATA row, and a tuple is built in one C call from the database's
+# result tuple or the decoded values (a frozen dataclass costs one attribute store
+# per field). The fields live on a private NamedTuple base so the public class can
+# carry STREAM_NAME and TYPE_ID as class variables. Two rows compare equal when their
+# values are equal, even across classes (tuple equality): compare ``type(row)`` too
+# where that matters.
 
 
-@dataclass(frozen=True, slots=True)
-class EventsEventRow:
-    """``events`` row of type ``ev``: a new event was persisted (or an outlier was un-outliered).
-
-    Wire: ``["ev",[event_id,room_id,type,state_key,redacts,relates_to,membership,rejected,outlier]]``.
-    """
-
-    STREAM_NAME: ClassVar[str] = "events"
-    TYPE_ID: ClassVar[str] = "ev"
-
+class _EventsEventFields(NamedTuple):
     event_id: str
     room_id: str
     type: str
@@ -154,43 +154,53 @@ class EventsEventRow:
     outlier: bool
 
 
-@dataclass(frozen=True, slots=True)
-class EventsCurrentStateRow:
-    """``events`` row of type ``state``: one current-state entry changed.
+class EventsEventRow(_EventsEventFields):
+    """``events`` row of type ``ev``: a new event was persisted (or an outlier was un-outliered).
 
-    ``event_id`` is ``None`` when the state key was removed.
-    Wire: ``["state",[room_id,type,state_key,event_id]]``.
+    Wire: ``["ev",[event_id,room_id,type,state_key,redacts,relates_to,membership,rejected,outlier]]``.
     """
 
+    __slots__ = ()
     STREAM_NAME: ClassVar[str] = "events"
-    TYPE_ID: ClassVar[str] = "state"
+    TYPE_ID: ClassVar[str] = "ev"
 
+
+class _EventsCurrentStateFields(NamedTuple):
     room_id: str
     type: str
     state_key: str
     event_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class EventsAllStateRow:
+class EventsCurrentStateRow(_EventsCurrentStateFields):
+    """``events`` row of type ``state``: one current-state entry changed.
+
+    ``event_id`` is ``None`` when the state key was removed.
+    Wire: ``["state",[room_id,type,state_key,event_id]]``.
+    """
+
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "events"
+    TYPE_ID: ClassVar[str] = "state"
+
+
+class _EventsAllStateFields(NamedTuple):
+    room_id: str
+
+
+class EventsAllStateRow(_EventsAllStateFields):
     """``events`` row of type ``state-all``: any current state of the room may have changed.
 
     Synapse sends it instead of many ``state`` rows for one room in one fetch.
     Wire: ``["state-all",[room_id]]``.
     """
 
+    __slots__ = ()
     STREAM_NAME: ClassVar[str] = "events"
     TYPE_ID: ClassVar[str] = "state-all"
 
-    room_id: str
 
-
-@dataclass(frozen=True, slots=True)
-class BackfillRow:
-    """``backfill``: an event fetched from history. Wire tokens are positive."""
-
-    STREAM_NAME: ClassVar[str] = "backfill"
-
+class _BackfillFields(NamedTuple):
     event_id: str
     room_id: str
     type: str
@@ -199,15 +209,14 @@ class BackfillRow:
     relates_to: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceRow:
-    """``presence``: a user's presence state. Timestamps are ms since the epoch.
+class BackfillRow(_BackfillFields):
+    """``backfill``: an event fetched from history. Wire tokens are positive."""
 
-    ``status_msg`` is declared ``str`` by Synapse but is null in practice.
-    """
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "backfill"
 
-    STREAM_NAME: ClassVar[str] = "presence"
 
+class _PresenceFields(NamedTuple):
     user_id: str
     state: str
     last_active_ts: int
@@ -217,38 +226,54 @@ class PresenceRow:
     currently_active: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceFederationRow:
-    """``presence_federation``: send ``user_id``'s presence to ``destination``."""
+class PresenceRow(_PresenceFields):
+    """``presence``: a user's presence state. Timestamps are ms since the epoch.
 
-    STREAM_NAME: ClassVar[str] = "presence_federation"
+    ``status_msg`` is declared ``str`` by Synapse but is null in practice.
+    """
 
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "presence"
+
+
+class _PresenceFederationFields(NamedTuple):
     destination: str
     user_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class TypingRow:
-    """``typing``: the *full* list of users typing in a room; it replaces the previous one."""
+class PresenceFederationRow(_PresenceFederationFields):
+    """``presence_federation``: send ``user_id``'s presence to ``destination``."""
 
-    STREAM_NAME: ClassVar[str] = "typing"
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "presence_federation"
 
+
+class _TypingFields(NamedTuple):
     room_id: str
     user_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiptsRow:
-    """``receipts``: a read receipt. ``data`` is the compact JSON text of an object."""
+class TypingRow(_TypingFields):
+    """``typing``: the *full* list of users typing in a room; it replaces the previous one."""
 
-    STREAM_NAME: ClassVar[str] = "receipts"
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "typing"
 
+
+class _ReceiptsFields(NamedTuple):
     room_id: str
     receipt_type: str
     user_id: str
     event_id: str
     thread_id: str | None
     data: str
+
+
+class ReceiptsRow(_ReceiptsFields):
+    """``receipts``: a read receipt. ``data`` is the compact JSON text of an object."""
+
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "receipts"
 
     def parsed_data(self) -> dict[str, JsonValue]:
         """Return ``data`` parsed (for example ``{"ts": 1795882765994}``).
@@ -262,29 +287,38 @@ class ReceiptsRow:
         return value
 
 
-@dataclass(frozen=True, slots=True)
-class PushRulesRow:
-    """``push_rules``: this user's push rules changed."""
-
-    STREAM_NAME: ClassVar[str] = "push_rules"
-
+class _PushRulesFields(NamedTuple):
     user_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class PushersRow:
-    """``pushers``: a pusher was added or changed (``deleted`` false) or removed."""
+class PushRulesRow(_PushRulesFields):
+    """``push_rules``: this user's push rules changed."""
 
-    STREAM_NAME: ClassVar[str] = "pushers"
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "push_rules"
 
+
+class _PushersFields(NamedTuple):
     user_id: str
     app_id: str
     pushkey: str
     deleted: bool
 
 
-@dataclass(frozen=True, slots=True)
-class CachesRow:
+class PushersRow(_PushersFields):
+    """``pushers``: a pusher was added or changed (``deleted`` false) or removed."""
+
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "pushers"
+
+
+class _CachesFields(NamedTuple):
+    cache_func: str
+    keys: str | None
+    invalidation_ts: int
+
+
+class CachesRow(_CachesFields):
     """``caches``: invalidate ``cache_func`` at ``keys``.
 
     ``keys`` is the compact JSON text of the key list (scalars or lists), or ``None``
@@ -292,11 +326,8 @@ class CachesRow:
     ``cs_cache_fake`` expand to several caches on the receiver.
     """
 
+    __slots__ = ()
     STREAM_NAME: ClassVar[str] = "caches"
-
-    cache_func: str
-    keys: str | None
-    invalidation_ts: int
 
     def parsed_keys(self) -> list[JsonValue] | None:
         """Return ``keys`` parsed, or ``None`` for "the whole cache".
@@ -312,37 +343,43 @@ class CachesRow:
         return value
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceListsRow:
-    """``device_lists``: a user's device list (or cross-signature) changed."""
-
-    STREAM_NAME: ClassVar[str] = "device_lists"
-
+class _DeviceListsFields(NamedTuple):
     user_id: str
     is_signature: bool
     hosts_calculated: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ToDeviceRow:
-    """``to_device``: ``entity`` (a local ``@user`` or a remote server) has messages."""
+class DeviceListsRow(_DeviceListsFields):
+    """``device_lists``: a user's device list (or cross-signature) changed."""
 
-    STREAM_NAME: ClassVar[str] = "to_device"
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "device_lists"
 
+
+class _ToDeviceFields(NamedTuple):
     entity: str
 
 
-@dataclass(frozen=True, slots=True)
-class FederationRow:
+class ToDeviceRow(_ToDeviceFields):
+    """``to_device``: ``entity`` (a local ``@user`` or a remote server) has messages."""
+
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "to_device"
+
+
+class _FederationFields(NamedTuple):
+    type: str
+    data: str
+
+
+class FederationRow(_FederationFields):
     """``federation``: a queued federation send (``pd``, ``k`` or ``e``).
 
     ``data`` is the compact JSON text of the row's object.
     """
 
+    __slots__ = ()
     STREAM_NAME: ClassVar[str] = "federation"
-
-    type: str
-    data: str
 
     def parsed_data(self) -> dict[str, JsonValue]:
         """Return ``data`` parsed.
@@ -356,19 +393,26 @@ class FederationRow:
         return value
 
 
-@dataclass(frozen=True, slots=True)
-class AccountDataRow:
-    """``account_data``: ``room_id`` is ``None`` for global account data; tags are ``m.tag``."""
-
-    STREAM_NAME: ClassVar[str] = "account_data"
-
+class _AccountDataFields(NamedTuple):
     user_id: str
     room_id: str | None
     data_type: str
 
 
-@dataclass(frozen=True, slots=True)
-class ProfileUpdatesRow:
+class AccountDataRow(_AccountDataFields):
+    """``account_data``: ``room_id`` is ``None`` for global account data; tags are ``m.tag``."""
+
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "account_data"
+
+
+class _ProfileUpdatesFields(NamedTuple):
+    user_id: str
+    action: str
+    affected_fields: tuple[str, ...] | None
+
+
+class ProfileUpdatesRow(_ProfileUpdatesFields):
     """``profile_updates`` (Synapse 1.163): a profile changed or a user joined/left a room.
 
     ``action`` is ``update``, ``joined_room`` or ``left_room``. ``affected_fields``
@@ -376,62 +420,69 @@ class ProfileUpdatesRow:
     Synapse turns the list into a set; we keep the wire order.
     """
 
+    __slots__ = ()
     STREAM_NAME: ClassVar[str] = "profile_updates"
 
-    user_id: str
-    action: str
-    affected_fields: tuple[str, ...] | None
+
+class _StickyEventsFields(NamedTuple):
+    room_id: str
+    event_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class StickyEventsRow:
+class StickyEventsRow(_StickyEventsFields):
     """``sticky_events`` (MSC4354): a sticky event in a room."""
 
+    __slots__ = ()
     STREAM_NAME: ClassVar[str] = "sticky_events"
 
-    room_id: str
-    event_id: str
 
-
-@dataclass(frozen=True, slots=True)
-class ThreadSubscriptionsRow:
-    """``thread_subscriptions`` (MSC4306): ``event_id`` is the thread root."""
-
-    STREAM_NAME: ClassVar[str] = "thread_subscriptions"
-
+class _ThreadSubscriptionsFields(NamedTuple):
     user_id: str
     room_id: str
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class UnPartialStatedRoomRow:
-    """``un_partial_stated_room``: the room finished its faster-join state resync."""
+class ThreadSubscriptionsRow(_ThreadSubscriptionsFields):
+    """``thread_subscriptions`` (MSC4306): ``event_id`` is the thread root."""
 
-    STREAM_NAME: ClassVar[str] = "un_partial_stated_room"
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "thread_subscriptions"
 
+
+class _UnPartialStatedRoomFields(NamedTuple):
     room_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class UnPartialStatedEventRow:
-    """``un_partial_stated_event``: the event got its full state."""
+class UnPartialStatedRoomRow(_UnPartialStatedRoomFields):
+    """``un_partial_stated_room``: the room finished its faster-join state resync."""
 
-    STREAM_NAME: ClassVar[str] = "un_partial_stated_event"
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "un_partial_stated_room"
 
+
+class _UnPartialStatedEventFields(NamedTuple):
     event_id: str
     rejection_status_changed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class QuarantinedMediaRow:
-    """``quarantined_media``: ``origin`` is ``None`` for local media (NULL in the DB)."""
+class UnPartialStatedEventRow(_UnPartialStatedEventFields):
+    """``un_partial_stated_event``: the event got its full state."""
 
-    STREAM_NAME: ClassVar[str] = "quarantined_media"
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "un_partial_stated_event"
 
+
+class _QuarantinedMediaFields(NamedTuple):
     origin: str | None
     media_id: str
     quarantined: bool
+
+
+class QuarantinedMediaRow(_QuarantinedMediaFields):
+    """``quarantined_media``: ``origin`` is ``None`` for local media (NULL in the DB)."""
+
+    __slots__ = ()
+    STREAM_NAME: ClassVar[str] = "quarantined_media"
 
 
 EventsRow: TypeAlias = EventsEventRow | EventsCurrentStateRow | EventsAllStateRow
@@ -535,6 +586,22 @@ def row_types(stream_name: str) -> tuple[type[Row], ...]:
         return ROW_TYPES_BY_STREAM[stream_name]
     except KeyError:
         raise UnknownStreamError(f"unknown stream {stream_name!r}") from None
+
+
+def row_field_types(cls: type[Any]) -> tuple[tuple[str, str], ...]:
+    """Return ``(field name, annotation text)`` of a row class, in wire order.
+
+    Annotations are text (``"str | None"``) because this module uses postponed
+    evaluation; the codec and the wire tables key on that text.
+    """
+    annotations: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        annotations.update(getattr(klass, "__annotations__", {}))
+    # NamedTuple wraps text annotations in ForwardRef; unwrap to the text.
+    return tuple(
+        (name, str(getattr(annotations[name], "__forward_arg__", annotations[name])))
+        for name in cls._fields
+    )
 
 
 # --- Wire conversion ---------------------------------------------------------------
@@ -660,12 +727,9 @@ def _spec_for(cls: type[Row]) -> _WireSpec:
     names: list[str] = []
     readers: list[_FieldReader] = []
     writers: list[_FieldWriter] = []
-    for field in fields(cls):
-        # ``from __future__ import annotations`` makes every annotation a string.
-        reader, writer = _JSON_FIELDS.get(
-            (cls, field.name), _KIND_BY_ANNOTATION[str(field.type)]
-        )
-        names.append(field.name)
+    for name, annotation in row_field_types(cls):
+        reader, writer = _JSON_FIELDS.get((cls, name), _KIND_BY_ANNOTATION[annotation])
+        names.append(name)
         readers.append(reader)
         writers.append(writer)
     type_id = getattr(cls, "TYPE_ID", None)

@@ -143,7 +143,7 @@ def equivalent_dict(command: RdataCommand) -> dict[str, Any]:
     """The dict bare fastavro writes for ``command`` (rows in tuple notation)."""
     rows = []
     for row in command.rows:
-        values = {name: getattr(row, name) for name in row.__dataclass_fields__}
+        values = {name: getattr(row, name) for name in row._fields}
         rows.append((row_name(type(row)), values))
     return {
         "stream_name": command.stream_name,

@@ -62,7 +62,7 @@ def equivalent_dict(command: RdataCommand) -> dict[str, Any]:
         "rows": [
             (
                 row_name(type(row)),
-                {name: getattr(row, name) for name in row.__dataclass_fields__},
+                {name: getattr(row, name) for name in row._fields},
             )
             for row in command.rows
         ],

@@ -32,10 +32,16 @@ from adapter.commands import (
     UserSyncCommand,
     parse_line,
 )
-from adapter.errors import DecodeError, EncodeError, UnknownStreamError
+from adapter.errors import (
+    DecodeError,
+    EncodeError,
+    UnknownStreamDecodeError,
+    UnknownStreamError,
+)
 from adapter.records import PresenceSnapshot, SyncingDevice
 from adapter.rows import (
     CachesRow,
+    EventsAllStateRow,
     EventsCurrentStateRow,
     EventsEventRow,
     FederationRow,
@@ -497,3 +503,43 @@ def test_new_optional_field_old_bytes_decode_and_new_bytes_read_by_old_schema(
 def test_schema_dir_honours_environment_variable(tmp_path: Path) -> None:
     assert schema_dir({"SYNKAFKA_SCHEMA_DIR": str(tmp_path)}) == tmp_path
     assert schema_dir({}) == Path(adapter.__file__).resolve().parent.parent / "schemas"
+
+
+def _rdata_bytes(stream: str, rows: list[tuple[str, dict[str, Any]]]) -> bytes:
+    """RDATA bytes written straight with fastavro, bypassing our encoder's checks."""
+    version = default_codec().schemas.current["synkafka.command.Rdata"]
+    out = io.BytesIO()
+    out.write(MAGIC + version.fingerprint)
+    datum = {"stream_name": stream, "instance_name": "m", "token": 3, "rows": rows}
+    schemaless_writer(out, version.parsed, datum)
+    return out.getvalue()
+
+
+def test_rdata_of_one_stream_holding_another_streams_row_is_refused() -> None:
+    push_rules = ("synkafka.row.PushRules", {"user_id": "@a:x"})
+    with pytest.raises(DecodeError, match="not one of its rows"):
+        decode(_rdata_bytes("typing", [push_rules]))
+    # Same field count as typing's row, other names.
+    sticky = ("synkafka.row.StickyEvents", {"room_id": "!r:x", "event_id": "$e"})
+    with pytest.raises(DecodeError, match="not one of its rows"):
+        decode(_rdata_bytes("typing", [sticky]))
+
+
+def test_rdata_of_an_unknown_stream_is_an_unknown_stream_error() -> None:
+    row = ("synkafka.row.PushRules", {"user_id": "@a:x"})
+    with pytest.raises(UnknownStreamDecodeError):
+        decode(_rdata_bytes("no_such_stream", [row]))
+
+
+def test_each_events_row_kind_is_told_apart_on_decode() -> None:
+    rows = (
+        EventsEventRow(
+            "$e", "!r", "m.room.member", "@a", None, None, "join", False, False
+        ),
+        EventsCurrentStateRow("!r", "m.room.member", "@a", "$e"),
+        EventsAllStateRow("!r"),
+    )
+    decoded = decode(encode(RdataCommand("events", "master", 9, rows)))
+    assert isinstance(decoded, RdataCommand)
+    assert [type(r) for r in decoded.rows] == [type(r) for r in rows]
+    assert decoded.rows == rows

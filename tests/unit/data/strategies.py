@@ -8,7 +8,6 @@ numeric token).
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 from hypothesis import strategies as st
@@ -41,6 +40,7 @@ from adapter.rows import (
     ReceiptsRow,
     Row,
     dumps_json,
+    row_field_types,
 )
 
 LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -89,8 +89,8 @@ _JSON_FIELDS: dict[tuple[type[Any], str], st.SearchStrategy[Any]] = {
 def row_strategy(cls: type[Row]) -> st.SearchStrategy[Row]:
     """Rows of one class, every field drawn by its annotation."""
     kwargs = {
-        f.name: _JSON_FIELDS.get((cls, f.name), _BY_ANNOTATION.get(str(f.type), TEXT))
-        for f in fields(cls)
+        name: _JSON_FIELDS.get((cls, name), _BY_ANNOTATION.get(annotation, TEXT))
+        for name, annotation in row_field_types(cls)
     }
     return st.builds(cls, **kwargs)
 
