@@ -66,11 +66,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from adapter.db.connection import DbConnection
 from adapter.db.synapse_schema import ID_GENERATORS, POSTGRES_ONLY_STREAMS, IdGenerator
-from adapter.errors import BackfillError, ConfigError, UnknownStreamError
+from adapter.errors import BackfillError, ConfigError, DecodeError, UnknownStreamError
+from adapter.rows import (
+    EventsAllStateRow,
+    EventsCurrentStateRow,
+    EventsEventRow,
+    Row,
+    row_from_wire,
+)
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -82,6 +89,8 @@ __all__ = [
     "CachesSource",
     "DeviceListsSource",
     "EventsSource",
+    "FetchedPage",
+    "GroupsPage",
     "PushersSource",
     "RowsPage",
     "SourceRegistry",
@@ -90,8 +99,11 @@ __all__ = [
     "TableQuery",
     "ToDeviceSource",
     "TokenRow",
+    "TypedGroup",
     "WireRow",
     "builtin_registry",
+    "iter_fetched_pages",
+    "iter_group_pages",
     "iter_pages",
     "iter_rows",
     "read_id_positions",
@@ -102,6 +114,9 @@ WireRow: TypeAlias = list[Any]
 
 TokenRow: TypeAlias = tuple[int, WireRow]
 """A wire row with its stream token."""
+
+TypedGroup: TypeAlias = tuple[int, tuple[Row, ...]]
+"""The typed rows of one token, as a consumer's handler receives them."""
 
 DEFAULT_PAGE_SIZE = 20_000
 """Rows per page for :func:`iter_pages`: amortises the per-query cost (a few MB)."""
@@ -130,6 +145,37 @@ class RowsPage:
     """
 
     rows: list[TokenRow]
+    upto_token: int
+    limited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsPage:
+    """One page of a backfill, typed and grouped per token.
+
+    Attributes:
+        groups: ``(token, typed rows)``, ascending, one per token; a token is never
+            split across pages.
+        upto_token: as :attr:`RowsPage.upto_token`.
+        limited: as :attr:`RowsPage.limited`.
+    """
+
+    groups: list[TypedGroup]
+    upto_token: int
+    limited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPage:
+    """A page of a table source as the database returned it, before typing.
+
+    Attributes:
+        parts: each query's result tuples, cut at :attr:`upto_token`.
+        upto_token: as :attr:`RowsPage.upto_token`.
+        limited: as :attr:`RowsPage.limited`.
+    """
+
+    parts: list[list[tuple[Any, ...]]]
     upto_token: int
     limited: bool
 
@@ -221,6 +267,10 @@ class TableQuery:
             reaches.
         build_many: optional fast path turning all result tuples of a page into
             ``(token, wire_row)`` pairs at once (used for events).
+        build_groups: optional fast path turning all result tuples of a page
+            straight into typed rows grouped per token, skipping the wire form
+            (used for events, the stream of large backfills). Without it,
+            :meth:`to_groups` types the wire rows.
     """
 
     select: str
@@ -232,6 +282,7 @@ class TableQuery:
     negative: bool = False
     base: str = ""
     build_many: Callable[[_Raw], list[TokenRow]] | None = None
+    build_groups: Callable[[_Raw], list[TypedGroup]] | None = None
 
     def __post_init__(self) -> None:
         if bool(self.base) != (_BASE_MARKER in self.select):
@@ -279,6 +330,25 @@ class TableQuery:
             return self.build_many(raw)
         build = self.build
         return [(r[0], build(r)) for r in raw]
+
+    def to_groups(self, raw: _Raw, stream_name: str) -> list[TypedGroup]:
+        """Turn result tuples into typed rows grouped per token.
+
+        Raises:
+            BackfillError: a row does not fit its type (not retriable).
+        """
+        if self.build_groups is not None:
+            return self.build_groups(raw)
+        pairs: list[tuple[int, Row]] = []
+        for token, wire in self.to_rows(raw):
+            try:
+                pairs.append((token, row_from_wire(stream_name, wire)))
+            except DecodeError as exc:
+                raise BackfillError(
+                    f"{stream_name} row at token {token} does not fit its type: {exc}",
+                    retriable=False,
+                ) from exc
+        return group_typed(pairs)
 
     def _writer_clause(self, per_writer: bool, default_writer: bool) -> str:
         if not per_writer or self.instance_column is None:
@@ -394,18 +464,9 @@ class SqlStreamSource:
         if from_token >= to_token:
             return RowsPage([], to_token, False)
         with _gc_paused():
-            parts = [
-                _read_part(conn, q, writer, from_token, to_token, limit)
-                for q in self._queries
-            ]
-            upto = min(part.upto for part in parts)
+            cut, upto = self._read_cut(conn, writer, from_token, to_token, limit)
             built = [
-                q.query.to_rows(
-                    part.rows
-                    if part.upto == upto
-                    else [r for r in part.rows if r[0] <= upto]
-                )
-                for q, part in zip(self._queries, parts, strict=True)
+                q.query.to_rows(raw) for q, raw in zip(self._queries, cut, strict=True)
             ]
             nonempty = [b for b in built if b]
             if len(nonempty) <= 1:
@@ -415,6 +476,83 @@ class SqlStreamSource:
                 # the order of the queries.
                 rows = list(heapq.merge(*nonempty, key=itemgetter(0)))
         return RowsPage(self._post_process(rows, built), upto, upto < to_token)
+
+    def read_groups(
+        self,
+        conn: DbConnection,
+        writer: str,
+        from_token: int,
+        to_token: int,
+        limit: int,
+    ) -> GroupsPage:
+        """Like :meth:`read_rows`, but typed rows grouped per token.
+
+        The same rows in the same order as :meth:`read_rows` followed by
+        :func:`~adapter.rows.row_from_wire`; queries with a ``build_groups`` fast path
+        skip the wire form. This is :meth:`fetch_page` then :meth:`groups_of`.
+
+        Raises:
+            BackfillError: the database failed, or a row does not fit its type.
+        """
+        return self.groups_of(
+            self.fetch_page(conn, writer, from_token, to_token, limit)
+        )
+
+    def fetch_page(
+        self,
+        conn: DbConnection,
+        writer: str,
+        from_token: int,
+        to_token: int,
+        limit: int,
+    ) -> FetchedPage:
+        """The database half of :meth:`read_groups`: result tuples, cut, not typed.
+
+        Raises:
+            BackfillError: the database failed.
+        """
+        _check_limit(limit)
+        if from_token >= to_token:
+            return FetchedPage([[] for _ in self._queries], to_token, False)
+        with _gc_paused():
+            cut, upto = self._read_cut(conn, writer, from_token, to_token, limit)
+        return FetchedPage(cut, upto, upto < to_token)
+
+    def groups_of(self, page: FetchedPage) -> GroupsPage:
+        """The Python half of :meth:`read_groups`: type and group a fetched page.
+
+        Raises:
+            BackfillError: a row does not fit its type (not retriable).
+        """
+        with _gc_paused():
+            built = [
+                q.query.to_groups(raw, self.name)
+                for q, raw in zip(self._queries, page.parts, strict=True)
+            ]
+            groups = merge_groups([b for b in built if b])
+        return GroupsPage(
+            self._post_process_groups(groups, built), page.upto_token, page.limited
+        )
+
+    def _read_cut(
+        self,
+        conn: DbConnection,
+        writer: str,
+        from_token: int,
+        to_token: int,
+        limit: int,
+    ) -> tuple[list[_Raw], int]:
+        """Every query's result tuples up to the common cut, and that cut."""
+        parts = [
+            _read_part(conn, q, writer, from_token, to_token, limit)
+            for q in self._queries
+        ]
+        upto = min(part.upto for part in parts)
+        cut = [
+            part.rows if part.upto == upto else [r for r in part.rows if r[0] <= upto]
+            for part in parts
+        ]
+        return cut, upto
 
     def read_positions(self, conn: DbConnection) -> dict[str, int]:
         """Return each writer's persisted position (PROTOCOL.md 2.4)."""
@@ -432,6 +570,41 @@ class SqlStreamSource:
             parts: the rows of each query (same order as the queries), after the cut.
         """
         return rows
+
+    def _post_process_groups(
+        self, groups: list[TypedGroup], parts: list[list[TypedGroup]]
+    ) -> list[TypedGroup]:
+        """The same hook as :meth:`_post_process`, for typed pages."""
+        return groups
+
+
+def group_typed(pairs: Sequence[tuple[int, Row]]) -> list[TypedGroup]:
+    """Group ``(token, row)`` pairs, ascending by token, into one group per token."""
+    groups: list[TypedGroup] = []
+    token: int | None = None
+    rows: list[Row] = []
+    for row_token, row in pairs:
+        if row_token != token:
+            if token is not None:
+                groups.append((token, tuple(rows)))
+            token, rows = row_token, []
+        rows.append(row)
+    if token is not None:
+        groups.append((token, tuple(rows)))
+    return groups
+
+
+def merge_groups(lists: Sequence[list[TypedGroup]]) -> list[TypedGroup]:
+    """Merge per-query groups by token; a token's rows keep the order of the lists."""
+    if len(lists) <= 1:
+        return lists[0] if lists else []
+    merged: list[TypedGroup] = []
+    for token, rows in heapq.merge(*lists, key=itemgetter(0)):
+        if merged and merged[-1][0] == token:
+            merged[-1] = (token, merged[-1][1] + rows)
+        else:
+            merged.append((token, rows))
+    return merged
 
 
 @contextmanager
@@ -533,6 +706,32 @@ def _ev_rows(raw: _Raw) -> list[TokenRow]:
     ]
 
 
+_new_tuple = tuple.__new__
+
+
+def _ev_groups(raw: _Raw) -> list[TypedGroup]:
+    # The hottest path of a large backfill: one typed row per unique token, built in
+    # one C call each (bool() turns SQLite's 0/1 into what PostgreSQL returns).
+    ev = EventsEventRow
+    return [
+        (
+            r[0],
+            (
+                _new_tuple(
+                    ev,
+                    (r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9])),
+                ),
+            ),
+        )
+        for r in raw
+    ]
+
+
+def _state_groups(raw: _Raw) -> list[TypedGroup]:
+    state = EventsCurrentStateRow
+    return group_typed([(r[0], _new_tuple(state, r[1:5])) for r in raw])
+
+
 def _ev_row(r: tuple[Any, ...]) -> WireRow:
     return ["ev", [r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9])]]
 
@@ -552,12 +751,14 @@ _NEW_EVENTS = TableQuery(
     instance_column="e.instance_name",
     build=_ev_row,
     build_many=_ev_rows,
+    build_groups=_ev_groups,
     unique_tokens=True,
 )
 _STATE_DELTAS = TableQuery(
     select="SELECT stream_id, room_id, type, state_key, event_id FROM current_state_delta_stream",
     id_column="stream_id",
     build=_state_row,
+    build_groups=_state_groups,
     tiebreak="room_id, type, state_key",
 )
 _EX_OUTLIERS = TableQuery(
@@ -569,6 +770,7 @@ _EX_OUTLIERS = TableQuery(
     instance_column="o.instance_name",
     build=_ev_row,
     build_many=_ev_rows,
+    build_groups=_ev_groups,
     unique_tokens=True,
 )
 _BACKFILL_EVENTS = TableQuery(
@@ -663,6 +865,40 @@ class EventsSource(SqlStreamSource):
             heapq.merge(kept, sorted(collapsed, key=itemgetter(0)), key=itemgetter(0))
         )
 
+    def _post_process_groups(
+        self, groups: list[TypedGroup], parts: list[list[TypedGroup]]
+    ) -> list[TypedGroup]:
+        # The typed twin of _post_process: same rooms, same tokens, same order.
+        threshold = self.state_all_threshold
+        if threshold is None or sum(len(g[1]) for g in parts[1]) < threshold:
+            return groups
+        per_room: dict[str, int] = {}
+        for _, rows in parts[1]:
+            for row in rows:
+                if type(row) is EventsCurrentStateRow:
+                    per_room[row.room_id] = per_room.get(row.room_id, 0) + 1
+        busy = {room for room, count in per_room.items() if count >= threshold}
+        if not busy:
+            return groups
+        top: dict[str, int] = {}
+        kept: list[TypedGroup] = []
+        for token, rows in groups:
+            rest: list[Row] = []
+            for row in rows:
+                if type(row) is EventsCurrentStateRow and row.room_id in busy:
+                    top[row.room_id] = max(top.get(row.room_id, token), token)
+                else:
+                    rest.append(row)
+            if rest:
+                kept.append((token, tuple(rest)))
+        collapsed = group_typed(
+            sorted(
+                ((token, EventsAllStateRow(room)) for room, token in top.items()),
+                key=itemgetter(0),
+            )
+        )
+        return merge_groups([kept, collapsed])
+
 
 class BackfillSource(SqlStreamSource):
     """The ``backfill`` stream: backfilled events (negative ``stream_ordering``).
@@ -736,6 +972,14 @@ def _room_account_data_row(r: tuple[Any, ...]) -> WireRow:
 
 def _tag_row(r: tuple[Any, ...]) -> WireRow:
     return [r[1], r[2], "m.tag"]
+
+
+def _profile_update_row(r: tuple[Any, ...]) -> WireRow:
+    # JSONB arrives parsed from PostgreSQL, as JSON text from SQLite.
+    fields = r[3]
+    if isinstance(fields, str):
+        fields = json.loads(fields)
+    return [r[1], r[2], fields]
 
 
 def _columns_row(r: tuple[Any, ...]) -> WireRow:
@@ -1053,8 +1297,8 @@ def _builtin_sources() -> dict[str, StreamSource]:
         ),
         "profile_updates": _simple(
             "profile_updates",
-            "SELECT stream_id, user_id FROM profile_updates",
-            _columns_row,
+            "SELECT stream_id, user_id, action, affected_fields FROM profile_updates",
+            _profile_update_row,
             unique_tokens=True,
         ),
     }
@@ -1158,6 +1402,27 @@ def builtin_registry(*, engine: str | None = None) -> SourceRegistry:
     return SourceRegistry(sources)
 
 
+_Page = TypeVar("_Page", RowsPage, GroupsPage, FetchedPage)
+
+
+def _paged(
+    read: Callable[[int], _Page], source: object, from_token: int
+) -> Iterator[_Page]:
+    """Pages from ``read(current)``, each continuing from the last one's upto token."""
+    current = from_token
+    while True:
+        page = read(current)
+        if page.limited and page.upto_token <= current:
+            raise BackfillError(
+                f"{source!r} made no progress past token {current} (limited page up to {page.upto_token})",
+                retriable=False,
+            )
+        yield page
+        if not page.limited:
+            return
+        current = page.upto_token
+
+
 def iter_pages(
     conn: DbConnection,
     source: StreamSource,
@@ -1187,18 +1452,57 @@ def iter_pages(
         BackfillError: the database failed, or a source stopped making progress.
     """
     _check_limit(page_size)
-    current = from_token
-    while True:
-        page = source.read_rows(conn, writer, current, to_token, page_size)
-        if page.limited and page.upto_token <= current:
-            raise BackfillError(
-                f"{source!r} made no progress past token {current} (limited page up to {page.upto_token})",
-                retriable=False,
-            )
-        yield page
-        if not page.limited:
-            return
-        current = page.upto_token
+    return _paged(
+        lambda current: source.read_rows(conn, writer, current, to_token, page_size),
+        source,
+        from_token,
+    )
+
+
+def iter_group_pages(
+    conn: DbConnection,
+    source: SqlStreamSource,
+    writer: str,
+    from_token: int,
+    to_token: int,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[GroupsPage]:
+    """Like :func:`iter_pages`, with typed rows grouped per token.
+
+    Raises:
+        BackfillError: the database failed, a row does not fit its type, or the
+            source stopped making progress.
+    """
+    return (
+        source.groups_of(page)
+        for page in iter_fetched_pages(
+            conn, source, writer, from_token, to_token, page_size
+        )
+    )
+
+
+def iter_fetched_pages(
+    conn: DbConnection,
+    source: SqlStreamSource,
+    writer: str,
+    from_token: int,
+    to_token: int,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[FetchedPage]:
+    """Like :func:`iter_group_pages`, stopping before the typing.
+
+    For a reader that fetches in one thread and types in another
+    (:meth:`SqlStreamSource.groups_of`).
+
+    Raises:
+        BackfillError: the database failed, or the source stopped making progress.
+    """
+    _check_limit(page_size)
+    return _paged(
+        lambda current: source.fetch_page(conn, writer, current, to_token, page_size),
+        source,
+        from_token,
+    )
 
 
 def iter_rows(

@@ -9,8 +9,6 @@ reads are kept where a writer must fill them (``NOT NULL``) and dropped otherwis
 
 Two things here are ours, not Synapse's:
 
-* ``profile_updates(stream_id, instance_name, user_id)``: Synapse names the table but we
-  found no schema for it; this is a guess with the shape of the other stream tables.
 * on SQLite, ``synkafka_sim_sequences``: Synapse keeps SQLite stream ids in memory; the
   writer simulator needs a counter several connections can share, so it keeps one row
   per PostgreSQL sequence name there. Sources never read it.
@@ -480,12 +478,6 @@ _COMMON_DDL: tuple[str, ...] = (
         media_id TEXT NOT NULL,
         quarantined BOOLEAN NOT NULL
     )""",
-    # Our guess: Synapse names a profile_updates stream table but we have no schema.
-    """CREATE TABLE IF NOT EXISTS profile_updates (
-        stream_id BIGINT NOT NULL PRIMARY KEY,
-        instance_name TEXT NOT NULL,
-        user_id TEXT NOT NULL
-    )""",
     # -- positions -------------------------------------------------------------------------
     """CREATE TABLE IF NOT EXISTS stream_positions (
         stream_name TEXT NOT NULL,
@@ -505,6 +497,15 @@ _POSTGRES_DDL: tuple[str, ...] = (
     )""",
     """CREATE UNIQUE INDEX IF NOT EXISTS cache_invalidation_stream_by_instance_id
         ON cache_invalidation_stream_by_instance (stream_id)""",
+    # Synapse 1.163 (delta 94/07): affected_fields is JSONB on PostgreSQL.
+    """CREATE TABLE IF NOT EXISTS profile_updates (
+        stream_id BIGINT NOT NULL PRIMARY KEY,
+        instance_name TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        affected_fields JSONB NULL,
+        inserted_ts BIGINT NOT NULL
+    )""",
     *(
         f"CREATE SEQUENCE IF NOT EXISTS {gen.sequence}"
         for gen in ID_GENERATORS.values()
@@ -512,6 +513,15 @@ _POSTGRES_DDL: tuple[str, ...] = (
 )
 
 _SQLITE_DDL: tuple[str, ...] = (
+    # Synapse 1.163 (delta 94/07); SQLite keeps affected_fields as JSON text.
+    """CREATE TABLE IF NOT EXISTS profile_updates (
+        stream_id BIGINT NOT NULL PRIMARY KEY,
+        instance_name TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        affected_fields TEXT NULL,
+        inserted_ts BIGINT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS synkafka_sim_sequences (
         name TEXT NOT NULL PRIMARY KEY,
         last_value BIGINT NOT NULL

@@ -933,15 +933,40 @@ class SynapseWriter:
             (origin, media_id, quarantined),
         )
 
-    def update_profile(self, user_id: str) -> Written:
-        """Record that a user's profile changed.
+    def update_profile(
+        self,
+        user_id: str,
+        action: str = "update",
+        affected_fields: Sequence[str] | None = ("displayname",),
+    ) -> Written:
+        """Record a profile change (``update``) or a room join/leave of a user.
+
+        Args:
+            user_id: the user.
+            action: ``update``, ``joined_room`` or ``left_room``.
+            affected_fields: the changed profile fields; Synapse stores None unless
+                ``action`` is ``update``.
 
         Returns:
-            ``(token, [[user_id]])``.
+            ``(token, [[user_id, action, affected_fields]])``.
         """
-        return self._simple_row(
-            "profile_updates", "profile_updates", ("user_id",), (user_id,)
-        )
+        fields = None if affected_fields is None else list(affected_fields)
+        token = self._next("profile_updates")
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO profile_updates (stream_id, instance_name, user_id, action,"
+                " affected_fields, inserted_ts) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    token,
+                    self.instance_name,
+                    user_id,
+                    action,
+                    None if fields is None else json.dumps(fields),
+                    int(time.time() * 1000),
+                ),
+            )
+            self.advance_position("profile_updates", token)
+        return token, [[user_id, action, fields]]
 
     def set_typing(self, room_id: str, user_ids: Sequence[str]) -> Written:
         """Set the typing users of a room (in memory: ``typing`` has no table).

@@ -1,81 +1,34 @@
 """``DatabaseReader``: the consumer's :class:`~adapter.ports.BackfillReader` on Synapse's DB.
 
-It joins the database sources (:mod:`adapter.db.sources`, which speak Synapse's wire
-rows) to the typed rows of :mod:`adapter.rows`, grouping the rows of one token into
-one update, as a Kafka RDATA record carries them.
+It joins the database sources (:mod:`adapter.db.sources`) to the typed rows of
+:mod:`adapter.rows`, grouping the rows of one token into one update, as a Kafka RDATA
+record carries them. Table sources build typed rows themselves (no wire form in
+between); other sources speak Synapse's wire rows, typed here.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from adapter.db.connection import DbConnection, connect
 from adapter.db.sources import (
     DEFAULT_PAGE_SIZE,
     SourceRegistry,
+    SqlStreamSource,
     builtin_registry,
+    iter_fetched_pages,
     iter_pages,
 )
 from adapter.errors import BackfillError, DecodeError
-from adapter.rows import EventsCurrentStateRow, EventsEventRow, Row, row_from_wire
+from adapter.rows import row_from_wire
 
 __all__ = ["DatabaseReader"]
-
-
-def _event_row(wire: Any) -> Row | None:
-    """``row_from_wire("events", wire)`` for the usual ``ev`` and ``state`` rows.
-
-    Returns None for anything it does not recognise as exactly well-formed (other
-    row types, 0/1 booleans, a wrong type anywhere), which the caller then hands
-    to ``row_from_wire``: same rows, same errors, without its generic per-field
-    checks on the hot path of a large backfill.
-    """
-    if type(wire) is not list or len(wire) != 2:
-        return None
-    kind, data = wire
-    if type(data) is not list:
-        return None
-    if kind == "ev" and len(data) == 9:
-        event_id, room_id, type_, state_key, redacts, relates, membership, rej, out = (
-            data
-        )
-        if (
-            type(event_id) is str
-            and type(room_id) is str
-            and type(type_) is str
-            and (state_key is None or type(state_key) is str)
-            and (redacts is None or type(redacts) is str)
-            and (relates is None or type(relates) is str)
-            and (membership is None or type(membership) is str)
-            and type(rej) is bool
-            and type(out) is bool
-        ):
-            return EventsEventRow(
-                event_id,
-                room_id,
-                type_,
-                state_key,
-                redacts,
-                relates,
-                membership,
-                rej,
-                out,
-            )
-        return None
-    if kind == "state" and len(data) == 4:
-        room_id, type_, state_key, event_id = data
-        if (
-            type(room_id) is str
-            and type(type_) is str
-            and type(state_key) is str
-            and (event_id is None or type(event_id) is str)
-        ):
-            return EventsCurrentStateRow(room_id, type_, state_key, event_id)
-    return None
 
 
 def _group(
@@ -98,26 +51,89 @@ def _group(
         The finished groups, the open group's token and rows, and the error that
         stopped the page (the groups finished before it are still returned).
     """
-    fast = _event_row if stream_name == "events" else None
     done: list[tuple[int, tuple[Any, ...]]] = []
     for row_token, wire in page:
         if row_token != token:
             if token is not None:
                 done.append((token, tuple(rows)))
             token, rows = row_token, []
-        row = fast(wire) if fast is not None else None
-        if row is None:
-            try:
-                row = row_from_wire(stream_name, wire)
-            except DecodeError as exc:
-                error = BackfillError(
-                    f"{stream_name} row at token {row_token} does not fit its type: {exc}",
-                    retriable=False,
-                )
-                error.__cause__ = exc
-                return done, token, rows, error
+        try:
+            row = row_from_wire(stream_name, wire)
+        except DecodeError as exc:
+            error = BackfillError(
+                f"{stream_name} row at token {row_token} does not fit its type: {exc}",
+                retriable=False,
+            )
+            error.__cause__ = exc
+            return done, token, rows, error
         rows.append(row)
     return done, token, rows, None
+
+
+_T = TypeVar("_T")
+_END: Final = object()
+
+
+def prefetched(
+    items: Iterator[_T], name: str, depth: int = 2
+) -> Generator[_T, None, None]:
+    """Iterate ``items`` in a helper thread, up to ``depth`` items ahead of the caller.
+
+    A backfill page spends most of its time waiting for the database, with the GIL
+    released; reading the next page while the caller handles this one overlaps the
+    two. Errors raised by ``items`` reach the caller at the same point as without the
+    thread. Closing this iterator early (the caller stopped or failed) stops the
+    thread and waits for it, so the connection behind ``items`` is free again when
+    this returns.
+
+    Args:
+        items: the iterator to run ahead (it owns the database connection while this
+            iterator is open).
+        name: for the thread's name.
+        depth: how many items may wait.
+    """
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            put(_Failure(exc))
+            return
+        put(_END)
+
+    thread = threading.Thread(target=run, name=f"synkafka-prefetch-{name}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Failure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 @contextmanager
@@ -182,6 +198,20 @@ class DatabaseReader:
                 (not retriable: the schema is not what we expect).
         """
         source = self._registry.require(stream_name)
+        if isinstance(source, SqlStreamSource):
+            # Built-in and table sources: a helper thread fetches the next page
+            # while this one is typed (no wire rows) and handled.
+            pages = iter_fetched_pages(
+                self._conn,
+                source,
+                instance_name,
+                from_token,
+                to_token,
+                self._page_size,
+            )
+            for fetched in prefetched(pages, f"{stream_name}/{instance_name}"):
+                yield from source.groups_of(fetched).groups
+            return
         token: int | None = None
         rows: list[Any] = []
         for page in iter_pages(

@@ -27,9 +27,12 @@ from adapter.db.sources import (
     DeviceListsSource,
     EventsSource,
     ToDeviceSource,
+    group_typed,
+    iter_group_pages,
 )
 from adapter.db.synapse_schema import ID_GENERATORS
 from adapter.errors import BackfillError, ConfigError, UnknownStreamError
+from adapter.rows import EventsAllStateRow, row_from_wire
 
 WRITERS = ("master", "worker1")
 Written = list[tuple[str, int, list[Any]]]  # (writer, token, rows) in write order
@@ -271,6 +274,8 @@ def _profile_updates(a: SynapseWriter, b: SynapseWriter) -> Written:
     for i in range(3):
         w = a if i % 2 else b
         log(out, w, w.update_profile(f"@u{i}:t"))
+    log(out, a, a.update_profile("@u0:t", "update", ("displayname", "avatar_url")))
+    log(out, b, b.update_profile("@u1:t", "joined_room", None))
     return out
 
 
@@ -506,6 +511,62 @@ def test_many_state_rows_of_one_room_collapse_to_state_all(conn: DbConnection) -
         conn, "master", 0, t2, 1000
     )
     assert len(every.rows) == 151
+
+
+def _typed_groups_of(
+    source: SqlStreamSource, rows: list[tuple[int, list[Any]]]
+) -> list[tuple[int, tuple[Any, ...]]]:
+    """What read_groups must return: the wire rows typed, grouped per token."""
+    return group_typed([(t, row_from_wire(source.name, w)) for t, w in rows])
+
+
+TABLE_STREAM_ENGINES = [
+    (stream, engine)
+    for stream, engine in STREAM_ENGINES
+    if isinstance(builtin_registry().source(stream), SqlStreamSource)
+]
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 1000])
+@pytest.mark.parametrize(("stream", "conn"), TABLE_STREAM_ENGINES, indirect=["conn"])
+def test_typed_groups_are_the_wire_rows_typed_and_grouped(
+    conn: DbConnection, stream: str, page_size: int
+) -> None:
+    # The typed fast path (events builds rows straight from result tuples) must give
+    # exactly what the wire path gives after row_from_wire, page by page.
+    a, b = writers(conn)
+    written = SCENARIOS[stream](a, b)
+    source = builtin_registry(engine=conn.engine).require(stream)
+    assert isinstance(source, SqlStreamSource)
+    head = max(token for _, token, _ in written)
+    for writer in WRITERS:
+        wire = list(iter_pages(conn, source, writer, 0, head, page_size))
+        typed = list(iter_group_pages(conn, source, writer, 0, head, page_size))
+        assert [(p.upto_token, p.limited) for p in typed] == [
+            (p.upto_token, p.limited) for p in wire
+        ]
+        for w, t in zip(wire, typed, strict=True):
+            assert t.groups == _typed_groups_of(source, w.rows)
+            assert [[type(r) for r in g[1]] for g in t.groups] == [
+                [type(r) for r in g[1]] for g in _typed_groups_of(source, w.rows)
+            ]
+
+
+def test_typed_groups_collapse_busy_rooms_like_the_wire_rows(
+    conn: DbConnection,
+) -> None:
+    a, _ = writers(conn)
+    a.send_event("!busy:t", "m.room.message")
+    token, _ = a.set_state("!busy:t", [("m.x", str(i), "$e") for i in range(150)])
+    t2, _ = a.set_state("!calm:t", [("m.x", "k", "$e")])
+    source = EventsSource()
+    assert (
+        EventsAllStateRow("!busy:t")
+        in dict(source.read_groups(conn, "master", 0, t2, 1000).groups)[token]
+    )
+    wire = source.read_rows(conn, "master", 0, t2, 1000)
+    typed = source.read_groups(conn, "master", 0, t2, 1000)
+    assert typed.groups == _typed_groups_of(source, wire.rows)
 
 
 def test_backfill_tokens_are_positive_and_ascending(conn: DbConnection) -> None:
