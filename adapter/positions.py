@@ -377,6 +377,26 @@ class PositionTracker:
         self._set(stream, writer, token)
         return Apply(stream, writer, token, n_rows)
 
+    def try_apply_rdata(self, stream: str, writer: str, token: int) -> bool:
+        """The usual outcome of :meth:`observe_rdata`, decided without a decision object.
+
+        True when the RDATA is the next one of a known writer with no backfill
+        outstanding: the token is taken (exactly what ``observe_rdata`` would do
+        before returning :class:`Apply`) and the caller hands the rows over. False
+        changes nothing: ask :meth:`observe_rdata` for the full decision. The live
+        consumer calls this once per record.
+        """
+        writers = self._tokens.get(stream)
+        if writers is None or type(token) is not int:
+            return False
+        current = writers.get(writer)
+        if current is None or token <= current:
+            return False
+        if self._backfills and (stream, writer) in self._backfills:
+            return False
+        writers[writer] = token
+        return True
+
     def observe_position(
         self, stream: str, writer: str, prev: int, new: int
     ) -> Decision:

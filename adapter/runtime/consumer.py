@@ -38,11 +38,18 @@ from adapter.codec import decode
 from adapter.commands import PositionCommand, RdataCommand
 from adapter.config import KafkaSettings
 from adapter.errors import AdapterError, BackfillError, DecodeError, KafkaIOError
-from adapter.kafka.consumer import BEGINNING, Committed, Consumer, PartitionStart
+from adapter.kafka.consumer import (
+    BEGINNING,
+    Committed,
+    Consumer,
+    Message,
+    PartitionStart,
+    record_of,
+)
 from adapter.kafka.producer import Producer
 from adapter.kafka.records import KafkaRecord
 from adapter.metrics import Metrics
-from adapter.ports import BackfillReader, Handler, StreamUpdate
+from adapter.ports import BackfillReader, Handler, StreamUpdate, make_update
 from adapter.positions import (
     Apply,
     Backfill,
@@ -448,9 +455,9 @@ class ReplicationConsumer:
         while not stop.is_set():
             self._check_workers()
             self._flush_pending(consumer)
-            records = consumer.poll_batch(opts.poll_batch, 0.1)
-            if records:
-                self._dispatch(records, tracker)
+            messages = consumer.poll_messages(opts.poll_batch, 0.1)
+            if messages:
+                self._dispatch(messages, tracker)
                 self._flush_pending(consumer)
             now = time.monotonic()
             if now >= next_commit:
@@ -465,61 +472,63 @@ class ReplicationConsumer:
                     logger.info("caught up on every stream")
         self._check_workers()
 
-    def _dispatch(
-        self, records: Sequence[KafkaRecord], tracker: PositionTracker
-    ) -> None:
+    def _dispatch(self, messages: Sequence[Message], tracker: PositionTracker) -> None:
         batches: dict[str, list[Work]] = {}
         metrics = self._metrics
         by_topic = self._by_topic
         # Counted per batch, not per record: a labelled ``inc`` costs more than the
         # rest of an RDATA's bookkeeping.
         commands_in: dict[tuple[str, str], int] = {}
-        # Records of one partition come in runs: reuse its state, key and batch.
-        last_tp: TP | None = None
+        # Messages of one partition come in runs: reuse its state, key and batch.
+        # The client's messages are read through their C accessors; a KafkaRecord
+        # is built only for the rare paths that need one (dead letters, drops).
+        last_topic: str | None = None
+        last_partition: int | None = -1
+        tp: TP = ("", -1)
         state: _StreamState | None = None
         batch: list[Work] = []
         seen = 0
         try:
-            for record in records:
-                tp = (record.topic, record.partition)
-                if tp != last_tp:
-                    state = by_topic.get(record.topic)
-                    last_tp = tp
+            for message in messages:
+                topic = message.topic()
+                partition = message.partition()
+                if topic != last_topic or partition != last_partition:
+                    last_topic, last_partition = topic, partition
+                    tp = (topic or "", partition or 0)
+                    state = by_topic.get(tp[0])
                     if state is not None:
                         batch = batches.setdefault(state.name, [])
                 if state is None:
                     continue
                 seen += 1
-                value = record.value
+                offset: int = message.offset() or 0
+                value = message.value()
                 if value is None:
-                    batch.append(UpdateWork(tp, record.offset, None))
+                    batch.append(UpdateWork(tp, offset, None))
                     continue
                 try:
                     command = decode(value)
                 except DecodeError as exc:
+                    record = record_of(message)
                     metrics.decode_failures.labels(record.topic).inc()
                     logger.warning("cannot decode %s: %s", record.where, exc.reason)
                     self._dead_letter_record(record, f"decode: {exc.reason}")
-                    batch.append(UpdateWork(tp, record.offset, None))
+                    batch.append(UpdateWork(tp, offset, None))
                     continue
                 if type(command) is RdataCommand:
                     key = ("RDATA", command.stream_name)
                     commands_in[key] = commands_in.get(key, 0) + 1
                     token = command.token
                     if command.stream_name == state.name and token is not None:
-                        decision = tracker.observe_rdata(
-                            command.stream_name,
-                            command.instance_name,
-                            token,
-                            len(command.rows),
-                        )
-                        if type(decision) is Apply:
+                        if tracker.try_apply_rdata(
+                            command.stream_name, command.instance_name, token
+                        ):
                             # The common case, inlined; the rest goes through _on_rdata.
                             batch.append(
                                 UpdateWork(
                                     tp,
-                                    record.offset,
-                                    StreamUpdate(
+                                    offset,
+                                    make_update(
                                         command.stream_name,
                                         command.instance_name,
                                         token,
@@ -530,24 +539,35 @@ class ReplicationConsumer:
                                 )
                             )
                             continue
+                        decision = tracker.observe_rdata(
+                            command.stream_name,
+                            command.instance_name,
+                            token,
+                            len(command.rows),
+                        )
                         batch.extend(
                             self._on_rdata(
-                                command, token, tp, record, state, tracker, decision
+                                command,
+                                token,
+                                tp,
+                                record_of(message),
+                                state,
+                                tracker,
+                                decision,
                             )
                         )
                     else:
                         self._dead_letter_record(
-                            record, "RDATA for another stream or without a token"
+                            record_of(message),
+                            "RDATA for another stream or without a token",
                         )
-                        batch.append(UpdateWork(tp, record.offset, None))
+                        batch.append(UpdateWork(tp, offset, None))
                 elif isinstance(command, PositionCommand):
                     key = ("POSITION", command.stream_name)
                     commands_in[key] = commands_in.get(key, 0) + 1
-                    batch.extend(
-                        self._on_position(command, tp, record.offset, state, tracker)
-                    )
+                    batch.extend(self._on_position(command, tp, offset, state, tracker))
                 else:
-                    batch.append(UpdateWork(tp, record.offset, None))
+                    batch.append(UpdateWork(tp, offset, None))
         finally:
             # Also when a dead letter fails mid-batch: count what was seen.
             self.records_seen += seen

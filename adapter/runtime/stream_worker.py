@@ -135,6 +135,10 @@ class StreamWorker:
         self._duration = metrics.handler_duration.labels(stream_name)
         self._applied: dict[str, Any] = {}
         self._positions: dict[str, Any] = {}
+        # Gathered per batch by _update, published by _flush_batch.
+        self._batch_tokens: dict[str, int] = {}
+        self._batch_offsets: dict[tuple[str, int], int] = {}
+        self._batch_applied: dict[str, int] = {}
 
     # -- poll-loop side -------------------------------------------------------------
 
@@ -200,13 +204,20 @@ class StreamWorker:
                 batch = self._queue.get()
                 if batch is _STOP:
                     return
-                for work in batch:
-                    if isinstance(work, UpdateWork):
-                        self._update(work)
-                    else:
-                        self._backfill(work)
-                    if self._stop.is_set() and self.failure is not None:
-                        return
+                try:
+                    for work in batch:
+                        if isinstance(work, UpdateWork):
+                            self._update(work)
+                        else:
+                            # A backfill publishes its own progress as it goes,
+                            # after what came before it.
+                            self._flush_batch()
+                            self._backfill(work)
+                        if self._stop.is_set() and self.failure is not None:
+                            return
+                finally:
+                    # Also when a work failed: what finished before it is recorded.
+                    self._flush_batch()
         except BaseException as exc:  # the poll loop reports it and stops
             logger.exception("stream %s worker failed", self.stream_name)
             self.failure = exc
@@ -230,25 +241,51 @@ class StreamWorker:
         self._position_gauge(instance_name).set(token)
 
     def _update(self, work: UpdateWork) -> None:
+        # The hot path of a live stream: progress and metrics are gathered here and
+        # published once per batch (_flush_batch), not with a lock and three metric
+        # updates per record.
         update = work.update
         if update is not None:
             if update.rows:
-                self._call(update, work.raw)
-            advance: tuple[str, int] | None = (update.instance_name, update.token)
-        else:
-            advance = work.token_after
-        # One lock round for the token and the offset (the hot path of a live stream).
+                self._call(update, work.raw, deferred=True)
+            self._batch_tokens[update.instance_name] = update.token
+        elif work.token_after is not None:
+            self._batch_tokens[work.token_after[0]] = work.token_after[1]
         partition, offset = work.partition, work.offset
-        with self._lock:
-            if advance is not None:
-                self._progress.tokens[advance[0]] = advance[1]
-            if partition is not None and offset is not None:
-                self._progress.offsets[partition] = offset
-        if advance is not None:
-            self._position_gauge(advance[0]).set(advance[1])
+        if partition is not None and offset is not None:
+            self._batch_offsets[partition] = offset
 
-    def _call(self, update: StreamUpdate, raw: bytes | None) -> None:
-        """Run the handler with retries; apply the policy when it keeps failing."""
+    def _flush_batch(self) -> None:
+        """Publish the progress and metrics gathered by :meth:`_update`."""
+        tokens, offsets = self._batch_tokens, self._batch_offsets
+        if tokens or offsets:
+            with self._lock:
+                self._progress.tokens.update(tokens)
+                self._progress.offsets.update(offsets)
+            for writer, token in tokens.items():
+                self._position_gauge(writer).set(token)
+            self._batch_tokens, self._batch_offsets = {}, {}
+        if self._batch_applied:
+            for source, count in self._batch_applied.items():
+                self._applied_counter(source).inc(count)
+            self._batch_applied = {}
+
+    def _applied_counter(self, source: str) -> Any:
+        applied = self._applied.get(source)
+        if applied is None:
+            applied = self._applied[source] = self._metrics.rows_applied.labels(
+                self.stream_name, source
+            )
+        return applied
+
+    def _call(
+        self, update: StreamUpdate, raw: bytes | None, *, deferred: bool = False
+    ) -> None:
+        """Run the handler with retries; apply the policy when it keeps failing.
+
+        ``deferred``: count the applied rows at the end of the batch (live records)
+        rather than now (a backfill, whose progress must show while it runs).
+        """
         handler = self._handler
         if handler is None:
             return
@@ -283,13 +320,13 @@ class StreamWorker:
                     ) from exc
                 continue
             self._duration.observe(time.perf_counter() - started)
-            applied = self._applied.get(update.source)
-            if applied is None:
-                applied = self._applied[update.source] = (
-                    self._metrics.rows_applied.labels(self.stream_name, update.source)
-                )
-            applied.inc(len(update.rows))
-            self.rows_handled += len(update.rows)
+            n_rows = len(update.rows)
+            if deferred:
+                pending = self._batch_applied
+                pending[update.source] = pending.get(update.source, 0) + n_rows
+            else:
+                self._applied_counter(update.source).inc(n_rows)
+            self.rows_handled += n_rows
             return
 
     def _give_up(self, update: StreamUpdate, raw: bytes | None, exc: Exception) -> None:

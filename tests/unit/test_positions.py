@@ -551,3 +551,49 @@ def test_docstring_examples_hold() -> None:
     results = doctest.testmod(positions)
     assert results.attempted > 0
     assert results.failed == 0
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["events", "receipts", "typing"]),
+            st.sampled_from(["master", "w1", "w2"]),
+            st.integers(min_value=0, max_value=30),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([{}, {("events", "master"): 5}, {("events", "w1"): 3}]),
+)
+def test_try_apply_rdata_is_observe_rdatas_apply_case(
+    records: list[tuple[str, str, int]], seeds: dict[tuple[str, str], int]
+) -> None:
+    # The consumer's fast path must take exactly the tokens observe_rdata would
+    # apply, and leave every other record to it unchanged.
+    fast = PositionTracker(database_streams=frozenset({"events", "receipts"}))
+    slow = PositionTracker(database_streams=frozenset({"events", "receipts"}))
+    for (stream, writer), token in seeds.items():
+        fast.seed(stream, writer, token)
+        slow.seed(stream, writer, token)
+    for n, (stream, writer, token) in enumerate(records):
+        before = fast.snapshot()
+        try:
+            expected: Decision | PositionError = slow.observe_rdata(
+                stream, writer, token, 1
+            )
+        except PositionError as exc:  # a backfill of this writer is outstanding
+            expected = exc
+        if fast.try_apply_rdata(stream, writer, token):
+            assert isinstance(expected, Apply)
+        else:
+            assert fast.snapshot() == before
+            if isinstance(expected, PositionError):
+                with pytest.raises(PositionError):
+                    fast.observe_rdata(stream, writer, token, 1)
+            else:
+                assert fast.observe_rdata(stream, writer, token, 1) == expected
+        # Finish most backfills; leave some outstanding to cover that refusal.
+        if isinstance(expected, Backfill) and n % 3:
+            for t in (fast, slow):
+                assert t.backfilled(stream, writer, expected.to_token)
+        assert fast.snapshot() == slow.snapshot()
