@@ -28,7 +28,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from types import ModuleType
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -36,6 +37,12 @@ from redis.exceptions import RedisError
 
 from adapter.backoff import Backoff
 from adapter.errors import ConfigError
+
+_hiredis: ModuleType | None
+try:
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - a dependency; the Python parser remains
+    _hiredis = None
 
 __all__ = [
     "CLIENT_NAME",
@@ -124,15 +131,29 @@ _Resp = bytes | int | str | RespError | None | list["_Resp"]
 
 
 class _RespReader:
-    """Incremental RESP2 parser for the frames a subscribed connection receives."""
+    """Incremental RESP2 parser for the frames a subscribed connection receives.
 
-    __slots__ = ("_buf", "_pos")
+    Uses hiredis' C reader when it is installed (a dependency; at 20,000 lines/s
+    the pure-Python parser below cost a tenth of the bridge's time) and the parser
+    below otherwise. Simple strings come back as ``bytes`` from hiredis and as
+    ``str`` from ours; nothing here depends on which.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_buf", "_fast", "_pos")
+
+    def __init__(self, *, use_hiredis: bool = True) -> None:
         self._buf = bytearray()
         self._pos = 0
+        self._fast: Any = (
+            _hiredis.Reader(protocolError=RespError, replyError=RespError)
+            if use_hiredis and _hiredis is not None
+            else None
+        )
 
     def feed(self, data: bytes | memoryview) -> None:
+        if self._fast is not None:
+            self._fast.feed(data)
+            return
         if self._pos:
             del self._buf[: self._pos]
             self._pos = 0
@@ -140,6 +161,13 @@ class _RespReader:
 
     def messages(self) -> Iterator[_Resp]:
         """Every complete frame in the buffer, in order."""
+        fast = self._fast
+        if fast is not None:
+            while True:
+                frame = fast.gets()
+                if frame is False:
+                    return
+                yield frame
         while True:
             parsed = self._value(self._pos)
             if parsed is None:

@@ -77,6 +77,10 @@ logger = logging.getLogger(__name__)
 # Gap repairs spanning at least this many tokens show their progress.
 _PROGRESS_MIN_TOKENS = 1000
 
+# Lines handled between two additions of the local line and command counts to the
+# metrics (also done whenever Redis is idle).
+_COUNTS_EVERY = 256
+
 #: How often the last RDATA token of each writer is recorded on the positions topic.
 DEFAULT_ANNOUNCE_INTERVAL_S: Final = 1.0
 
@@ -181,9 +185,12 @@ class Bridge:
         self._now_ms = now_ms
         self._announce_interval_s = announce_interval_s
         self.stats = BridgeStats()
-        # Metric children by label, looked up once (labels() costs a lock and a dict).
-        self._lines_by_command: dict[str, Callable[[], None]] = {}
-        self._commands_in: dict[tuple[str, str], Callable[[], None]] = {}
+        # Lines and commands are counted in plain dicts and added to the metrics
+        # every _COUNTS_EVERY lines and when idle: a labelled inc takes a lock, and
+        # per line that cost more than parsing the line.
+        self._lines_by_command: dict[str, int] = {}
+        self._commands_in: dict[tuple[str, str], int] = {}
+        self._uncounted = 0
         histogram = metrics.bridge_lag.observe
         if on_lag is None:
             self._observe_lag: Callable[[float], None] = histogram
@@ -228,11 +235,15 @@ class Bridge:
                     # Idle: serve delivery reports, so the lag of the last lines of
                     # a burst is measured when they are acknowledged.
                     producer.poll(0)
+                    self._publish_counts()
                 elif message.reconnected:
                     connected.set(1)
                     self._on_reconnect()
                 elif message.line:
                     self.handle(message)
+                    self._uncounted += 1
+                    if self._uncounted >= _COUNTS_EVERY:
+                        self._publish_counts()
                 now = time.monotonic()
                 if now >= next_announce:
                     self._publisher.announce_positions()
@@ -241,7 +252,20 @@ class Bridge:
         finally:
             connected.set(0)
             self._close_reader()
+            self._publish_counts()
         self._publisher.flush()
+
+    def _publish_counts(self) -> None:
+        """Add the lines and commands counted since the last call to the metrics."""
+        self._uncounted = 0
+        if self._lines_by_command:
+            lines, self._lines_by_command = self._lines_by_command, {}
+            for name, count in lines.items():
+                self._metrics.bridge_lines.labels(name).inc(count)
+        if self._commands_in:
+            commands, self._commands_in = self._commands_in, {}
+            for (name, stream), count in commands.items():
+                self._metrics.commands_in.labels(name, stream).inc(count)
 
     def _on_reconnect(self) -> None:
         # Whatever was published while we were away is lost on Redis: every key is
@@ -272,12 +296,8 @@ class Bridge:
             self._dead_letter(message, f"parse: {exc.reason}")
             return
         name = command.NAME
-        count_line = self._lines_by_command.get(name)
-        if count_line is None:
-            count_line = self._lines_by_command[name] = (
-                self._metrics.bridge_lines.labels(name).inc
-            )
-        count_line()
+        lines = self._lines_by_command
+        lines[name] = lines.get(name, 0) + 1
         try:
             if isinstance(command, RdataCommand):
                 self._count_in(name, command.stream_name)
@@ -300,12 +320,8 @@ class Bridge:
             self._dead_letter(message, f"encode: {exc}")
 
     def _count_in(self, name: str, stream: str) -> None:
-        inc = self._commands_in.get((name, stream))
-        if inc is None:
-            inc = self._commands_in[(name, stream)] = self._metrics.commands_in.labels(
-                name, stream
-            ).inc
-        inc()
+        commands = self._commands_in
+        commands[name, stream] = commands.get((name, stream), 0) + 1
 
     def _lag_observer(self, received_s: float) -> DeliveryCallback:
         observe = self._observe_lag

@@ -62,6 +62,9 @@ class Publisher:
         self._rdata_routes: dict[
             tuple[str, str], tuple[str, str | None, list[tuple[str, bytes]], Any]
         ] = {}
+        self._position_routes: dict[
+            tuple[str, str], tuple[str, str | None, list[tuple[str, bytes]], str, Any]
+        ] = {}
 
     @property
     def producer(self) -> Producer:
@@ -133,19 +136,28 @@ class Publisher:
             if counter is not None:
                 counter.inc()
             return
+        if type(command) is PositionCommand:
+            # The other hot path: both records' routes and the counter cached.
+            writer_key = (command.stream_name, command.instance_name)
+            proute = self._position_routes.get(writer_key) or self._position_route(
+                command
+            )
+            topic, key, headers, position_key, counter = proute
+            self._producer.produce(
+                topic, value, key=key, headers=headers, on_delivery=on_delivery
+            )
+            self._producer.produce(
+                self._positions_topic, value, key=position_key, headers=headers
+            )
+            self._unannounced.pop(writer_key, None)
+            if counter is not None:
+                counter.inc()
+            return
         topic, key, headers = self._route(command)
         self._producer.produce(
             topic, value, key=key, headers=headers, on_delivery=on_delivery
         )
-        if isinstance(command, PositionCommand):
-            self._producer.produce(
-                self._positions_topic,
-                value,
-                key=topics.position_key(command.stream_name, command.instance_name),
-                headers=headers,
-            )
-            self._unannounced.pop((command.stream_name, command.instance_name), None)
-        elif isinstance(command, RdataCommand) and command.token is not None:
+        if isinstance(command, RdataCommand) and command.token is not None:
             self._unannounced[(command.stream_name, command.instance_name)] = (
                 command.token
             )
@@ -153,6 +165,25 @@ class Publisher:
             name = "PRESENCE" if isinstance(command, PresenceSnapshot) else command.NAME
             stream = getattr(command, "stream_name", "")
             self._metrics.commands_out.labels(name, stream).inc()
+
+    def _position_route(
+        self, command: PositionCommand
+    ) -> tuple[str, str | None, list[tuple[str, bytes]], str, Any]:
+        topic, key, headers = self._route(command)
+        counter = (
+            self._metrics.commands_out.labels("POSITION", command.stream_name)
+            if self._metrics is not None
+            else None
+        )
+        route = (
+            topic,
+            key,
+            headers,
+            topics.position_key(command.stream_name, command.instance_name),
+            counter,
+        )
+        self._position_routes[(command.stream_name, command.instance_name)] = route
+        return route
 
     def _rdata_route(
         self, command: RdataCommand
