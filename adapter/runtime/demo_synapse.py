@@ -21,6 +21,7 @@ the runtime layer may not import the local stack, hence the injection). Steps:
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,9 +308,15 @@ class SynapseDemo:
             self._bridge_log,
             "bridge",
         )
+        # Redis pub/sub keeps nothing for a late subscriber: a USER_SYNC sent before
+        # the bridge subscribed would be lost, so no traffic before it is ready.
+        ready_url = f"http://127.0.0.1:{bridge_port}/ready"
+        took = self._wait(
+            "the bridge to subscribe to Redis", lambda: _http_ok(ready_url), 60
+        )
         self._say(
-            f"Bridge: started `synkafka bridge --redis ... --db ...` "
-            f"(pid {self._bridge.pid}, metrics :{bridge_port})."
+            f"Bridge: `synkafka bridge --redis ... --db ...` subscribed after "
+            f"{took:.1f} s (pid {self._bridge.pid}, metrics :{bridge_port})."
         )
         self._traffic.set_up()
         self._say(
@@ -536,3 +543,12 @@ class SynapseDemo:
     def _close_lag(self) -> None:
         if self._lag is not None:
             self._lag.close()
+
+
+def _http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 (False while the process is not listening yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - loopback
+            return bool(resp.status == 200)
+    except (OSError, ValueError):
+        return False
