@@ -38,6 +38,7 @@ from adapter import topics
 from adapter.config import KafkaSettings
 from adapter.errors import ConsumeError
 from adapter.kafka.consumer import Committed, Consumer
+from adapter.positions import encode_commit_metadata
 from bench._common import (
     STREAMS,
     build_commands,
@@ -126,7 +127,11 @@ def run_consumer(
 def commit_head_without_tokens(
     bootstrap: str, prefix: str, group_instance: str
 ) -> None:
-    """Give the group a commit at the head and no token map: backfill everything."""
+    """Give the group a commit at the head with an empty token map: backfill everything.
+
+    The map must be ours (if empty): a commit without one is someone else's offset
+    reset, which the consumer answers by replaying Kafka, not by reading the database.
+    """
     consumer = Consumer(
         KafkaSettings(bootstrap_servers=bootstrap),
         topics.consumer_group(prefix, group_instance),
@@ -141,7 +146,7 @@ def commit_head_without_tokens(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    consumer.commit([Committed(topic, 0, head, None)])
+    consumer.commit([Committed(topic, 0, head, encode_commit_metadata({}))])
     consumer.close()
 
 
