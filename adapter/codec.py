@@ -41,6 +41,7 @@ from adapter.errors import (
     SchemaError,
     UnknownStreamDecodeError,
 )
+from adapter.frozen import frozen_maker
 from adapter.records import PresenceSnapshot, SyncingDevice
 from adapter.rows import ROW_CLASSES, Row, row_field_types
 from adapter.schemas import (
@@ -192,22 +193,8 @@ def _compile(
     return namespace["to_dict"], namespace["from_dict"]
 
 
-def _maker(cls: type[Any]) -> Callable[..., Any]:
-    """Generate ``make(*values)`` that builds a frozen slotted instance (see _compile)."""
-    names = [f.name for f in fields(cls)]
-    namespace: dict[str, Any] = {"cls": cls, "_new": object.__new__}
-    for i, n in enumerate(names):
-        namespace[f"_set{i}"] = getattr(cls, n).__set__
-    args = ", ".join(f"v{i}" for i in range(len(names)))
-    sets = "".join(f"    _set{i}(obj, v{i})\n" for i in range(len(names)))
-    source = f"def make({args}):\n    obj = _new(cls)\n{sets}    return obj\n"
-    exec(compile(source, f"<codec make {cls.__name__}>", "exec"), namespace)  # noqa: S102
-    maker: Callable[..., Any] = namespace["make"]
-    return maker
-
-
-_make_rdata: Final = _maker(RdataCommand)
-_make_snapshot: Final = _maker(PresenceSnapshot)
+_make_rdata: Final = frozen_maker(RdataCommand)
+_make_snapshot: Final = frozen_maker(PresenceSnapshot)
 
 
 def _foreign_row(value: dict[str, Any]) -> Any:

@@ -102,11 +102,14 @@ __all__ = [
     "TypedGroup",
     "WireRow",
     "builtin_registry",
+    "gc_paused",
+    "group_typed",
     "iter_fetched_pages",
     "iter_group_pages",
     "iter_pages",
     "iter_rows",
     "read_id_positions",
+    "typed_row",
 ]
 
 WireRow: TypeAlias = list[Any]
@@ -339,16 +342,12 @@ class TableQuery:
         """
         if self.build_groups is not None:
             return self.build_groups(raw)
-        pairs: list[tuple[int, Row]] = []
-        for token, wire in self.to_rows(raw):
-            try:
-                pairs.append((token, row_from_wire(stream_name, wire)))
-            except DecodeError as exc:
-                raise BackfillError(
-                    f"{stream_name} row at token {token} does not fit its type: {exc}",
-                    retriable=False,
-                ) from exc
-        return group_typed(pairs)
+        return group_typed(
+            [
+                (token, typed_row(stream_name, token, wire))
+                for token, wire in self.to_rows(raw)
+            ]
+        )
 
     def _writer_clause(self, per_writer: bool, default_writer: bool) -> str:
         if not per_writer or self.instance_column is None:
@@ -463,7 +462,7 @@ class SqlStreamSource:
         _check_limit(limit)
         if from_token >= to_token:
             return RowsPage([], to_token, False)
-        with _gc_paused():
+        with gc_paused():
             cut, upto = self._read_cut(conn, writer, from_token, to_token, limit)
             built = [
                 q.query.to_rows(raw) for q, raw in zip(self._queries, cut, strict=True)
@@ -514,7 +513,7 @@ class SqlStreamSource:
         _check_limit(limit)
         if from_token >= to_token:
             return FetchedPage([[] for _ in self._queries], to_token, False)
-        with _gc_paused():
+        with gc_paused():
             cut, upto = self._read_cut(conn, writer, from_token, to_token, limit)
         return FetchedPage(cut, upto, upto < to_token)
 
@@ -524,7 +523,7 @@ class SqlStreamSource:
         Raises:
             BackfillError: a row does not fit its type (not retriable).
         """
-        with _gc_paused():
+        with gc_paused():
             built = [
                 q.query.to_groups(raw, self.name)
                 for q, raw in zip(self._queries, page.parts, strict=True)
@@ -578,6 +577,22 @@ class SqlStreamSource:
         return groups
 
 
+def typed_row(stream_name: str, token: int, wire: WireRow) -> Row:
+    """``row_from_wire`` for a row read from the database.
+
+    Raises:
+        BackfillError: the row does not fit its type (not retriable: the schema is
+            not what we expect).
+    """
+    try:
+        return row_from_wire(stream_name, wire)
+    except DecodeError as exc:
+        raise BackfillError(
+            f"{stream_name} row at token {token} does not fit its type: {exc}",
+            retriable=False,
+        ) from exc
+
+
 def group_typed(pairs: Sequence[tuple[int, Row]]) -> list[TypedGroup]:
     """Group ``(token, row)`` pairs, ascending by token, into one group per token."""
     groups: list[TypedGroup] = []
@@ -608,8 +623,8 @@ def merge_groups(lists: Sequence[list[TypedGroup]]) -> list[TypedGroup]:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause CPython's cyclic garbage collector while one page is fetched and built.
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while one page is fetched or built.
 
     A page allocates a few container objects per row (driver tuples, wire lists) and
     creates no reference cycles, yet every 700 allocations trigger a collection that

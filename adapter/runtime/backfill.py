@@ -8,11 +8,9 @@ between); other sources speak Synapse's wire rows, typed here.
 
 from __future__ import annotations
 
-import gc
 import queue
 import threading
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -22,11 +20,12 @@ from adapter.db.sources import (
     SourceRegistry,
     SqlStreamSource,
     builtin_registry,
+    gc_paused,
     iter_fetched_pages,
     iter_pages,
+    typed_row,
 )
-from adapter.errors import BackfillError, DecodeError
-from adapter.rows import row_from_wire
+from adapter.errors import BackfillError
 
 __all__ = ["DatabaseReader"]
 
@@ -58,15 +57,9 @@ def _group(
                 done.append((token, tuple(rows)))
             token, rows = row_token, []
         try:
-            row = row_from_wire(stream_name, wire)
-        except DecodeError as exc:
-            error = BackfillError(
-                f"{stream_name} row at token {row_token} does not fit its type: {exc}",
-                retriable=False,
-            )
-            error.__cause__ = exc
+            rows.append(typed_row(stream_name, row_token, wire))
+        except BackfillError as error:
             return done, token, rows, error
-        rows.append(row)
     return done, token, rows, None
 
 
@@ -136,25 +129,6 @@ class _Failure:
         self.error = error
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a page of typed rows is built.
-
-    Building a page allocates a few objects per row and creates no reference cycles;
-    with the collector on, every 700 allocations trigger a collection that walks the
-    young objects (as :mod:`adapter.db.sources` measured for its wire rows). An
-    already disabled collector is left alone.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 class DatabaseReader:
     """Reads backfill rows and writer positions over one database connection.
 
@@ -218,8 +192,8 @@ class DatabaseReader:
             self._conn, source, instance_name, from_token, to_token, self._page_size
         ):
             # Typed rows are built a page at a time with the cyclic collector paused
-            # (see _gc_paused); handlers run between pages with it enabled.
-            with _gc_paused():
+            # (see gc_paused); handlers run between pages with it enabled.
+            with gc_paused():
                 done, token, rows, error = _group(stream_name, page.rows, token, rows)
             yield from done
             if error is not None:

@@ -228,6 +228,18 @@ def _free_port() -> int:
     return port
 
 
+def _lag_text(tokens: int | None, messages: int | None) -> str:
+    """A report's lag line: both figures, or ``unknown`` when one was not measured."""
+    if tokens is None or messages is None:
+        return "unknown"
+    return f"{tokens} tokens, {messages} messages"
+
+
+def _all_passed(checks: Sequence[tuple[str, bool]]) -> bool:
+    """Whether there is at least one check and every check passed."""
+    return bool(checks) and all(passed for _, passed in checks)
+
+
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -993,15 +1005,11 @@ class DemoReport:
     @property
     def ok(self) -> bool:
         """Whether every check passed (and there was at least one)."""
-        return bool(self.checks) and all(passed for _, passed in self.checks)
+        return _all_passed(self.checks)
 
     def lines(self) -> list[str]:
         """The summary, ready to print."""
-        lag = (
-            f"{self.lag_tokens} tokens, {self.lag_messages} messages"
-            if self.lag_tokens is not None and self.lag_messages is not None
-            else "unknown"
-        )
+        lag = _lag_text(self.lag_tokens, self.lag_messages)
         exits = ", ".join(str(c) for c in self.consumer_exits) or "-"
         out = [
             f"Summary ({self.engine}; {len(self.streams)} streams, two writers on events)",

@@ -40,8 +40,10 @@ from adapter.runtime.demo import (
     Display,
     LagSampler,
     Spawn,
+    _all_passed,
     _canonical,
     _free_port,
+    _lag_text,
     _log_tail,
 )
 from adapter.runtime.lag import LagRow
@@ -129,16 +131,12 @@ class SynapseDemoReport:
 
     @property
     def ok(self) -> bool:
-        """Whether every check passed."""
-        return bool(self.checks) and all(p for _, p in self.checks)
+        """Whether every check passed (and there was at least one)."""
+        return _all_passed(self.checks)
 
     def lines(self) -> list[str]:
         """The summary, ready to print."""
-        lag = (
-            f"{self.lag_tokens} tokens, {self.lag_messages} messages"
-            if self.lag_tokens is not None and self.lag_messages is not None
-            else "unknown"
-        )
+        lag = _lag_text(self.lag_tokens, self.lag_messages)
         acts = ", ".join(f"{k} {v}" for k, v in sorted(self.actions.items()))
         out = [
             (
