@@ -9,6 +9,7 @@ handler. Waiting is always polling with a deadline.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +34,7 @@ from adapter.runtime.publisher import Publisher
 __all__ = [
     "ConsumerRun",
     "Recorder",
+    "json_lines",
     "make_database",
     "publish_written",
     "wait_for",
@@ -50,6 +52,19 @@ def wait_for(
                 f"timed out after {timeout_s:.0f} s waiting for {what}"
             )
         time.sleep(0.02)
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a file another process may still be writing.
+
+    A reader can catch a line half written (or a process killed mid-line left one);
+    only newline-terminated lines count.
+    """
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(x) for x in complete.splitlines() if x.strip()]
 
 
 def make_database(engine: str, pg_dsn: str, tmp_path: Path) -> str:

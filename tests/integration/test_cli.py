@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import wait_for
+from tests.integration.harness import json_lines, wait_for
 
 
 def synkafka(
@@ -132,7 +132,7 @@ def test_publish_then_tail_then_consume_then_lag(
     )
     try:
         wait_for(
-            lambda: out.exists() and len(out.read_text().splitlines()) == 3,
+            lambda: len(json_lines(out)) == 3,
             30,
             "3 updates",
         )
@@ -153,7 +153,7 @@ def test_publish_then_tail_then_consume_then_lag(
         consumer.terminate()
         _, err = consumer.communicate(timeout=30)
     assert consumer.returncode == 0, err
-    updates = [json.loads(x) for x in out.read_text().splitlines()]
+    updates = json_lines(out)
     assert [u["token"] for u in updates] == [2, 3, 4]
     assert {u["source"] for u in updates} == {"kafka"}
     assert lag.returncode == 0, lag.stderr

@@ -7,7 +7,6 @@ backfill from the database, the token rules, dead letters and backoff.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -37,6 +36,7 @@ from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ConsumerRun,
     ensure_topics,
+    json_lines,
     make_database,
     open_db,
     publish_written,
@@ -367,11 +367,6 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
-    def lines(path: Path) -> list[dict[str, Any]]:
-        if not path.exists():
-            return []
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
     with open_db(dsn) as conn:
         master = SynapseWriter(conn, "master")
         proc = start(out1)
@@ -392,14 +387,15 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
                 written += batch
                 publish_written(publisher, "events", "master", batch)
                 publisher.flush()
-                if len(lines(out1)) >= 300:
+                if len(json_lines(out1)) >= 300:
                     break
-            wait_for(lambda: len(lines(out1)) >= 300, 30, "rows flowing")
+            wait_for(lambda: len(json_lines(out1)) >= 300, 30, "rows flowing")
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         finally:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait(10)
         offsets = Admin(KafkaSettings(bootstrap_servers=kafka_bootstrap)).group_offsets(
             topics.consumer_group(prefix, "killed")
         )
@@ -415,12 +411,14 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
         try:
             last = written[-1][0]
             wait_for(
-                lambda: any(x["token"] == last for x in lines(out2)), 60, "the last row"
+                lambda: any(x["token"] == last for x in json_lines(out2)),
+                60,
+                "the last row",
             )
         finally:
             proc2.send_signal(signal.SIGTERM)
             assert proc2.wait(30) == 0
-    first, second = lines(out1), lines(out2)
+    first, second = json_lines(out1), json_lines(out2)
     seen = [x["token"] for x in first] + [x["token"] for x in second]
     assert set(seen) == {t for t, _ in written}, "no row lost"
     repeated = {x["token"] for x in second} & {x["token"] for x in first}

@@ -41,7 +41,7 @@ from adapter.metrics import Metrics
 from adapter.rows import row_from_wire
 from adapter.runtime.health import Check, HealthServer
 from adapter.runtime.publisher import Publisher
-from tests.integration.harness import ensure_topics
+from tests.integration.harness import ensure_topics, json_lines
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_YML = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -260,11 +260,7 @@ def live_consumer(
     try:
         _poll(
             "the live consumer's 3 updates",
-            lambda: (
-                True
-                if out.exists() and len(out.read_text().splitlines()) == 3
-                else None
-            ),
+            lambda: True if len(json_lines(out)) == 3 else None,
         )
         yield f"127.0.0.1:{port}"
     finally:

@@ -32,7 +32,7 @@ from adapter.kafka.records import KafkaRecord
 from adapter.localstack._process import free_port
 from adapter.metrics import Metrics
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
-from tests.integration.harness import Recorder, wait_for
+from tests.integration.harness import Recorder, json_lines, wait_for
 from tests.integration.secure_broker import (
     ADMIN,
     CLIENT_CN,
@@ -197,7 +197,7 @@ def test_every_role_works_over_sasl_ssl_with_exactly_its_acls(
         *secure_kafka.cli_args("bridge"),
     )  # fmt: skip
     wait_for(
-        lambda: out.exists() and len(out.read_text().splitlines()) == 3,
+        lambda: len(json_lines(out)) == 3,
         60,
         "3 updates over SASL_SSL",
     )
