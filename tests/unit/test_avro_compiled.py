@@ -1,0 +1,253 @@
+"""Generated Avro readers: equal to fastavro on valid bytes, strict on invalid ones."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapter.avro_compiled import CompiledReader, UnsupportedSchema
+from adapter.codec import Codec, default_codec
+from adapter.commands import Command
+from adapter.records import PresenceSnapshot
+from adapter.schemas import AvroSchema, default_schema_set
+from tests.unit.data.strategies import kafka_commands, presence_snapshots
+
+# Every Avro type the generator reads, including a union of records (read through a
+# table), a recursive record and a map.
+EVERYTHING = parse_schema(
+    {
+        "type": "record",
+        "name": "t.All",
+        "fields": [
+            {"name": "i", "type": "int"},
+            {"name": "l", "type": "long"},
+            {"name": "f", "type": "float"},
+            {"name": "d", "type": "double"},
+            {"name": "by", "type": "bytes"},
+            {"name": "s", "type": "string"},
+            {"name": "b", "type": "boolean"},
+            {"name": "n", "type": "null"},
+            {
+                "name": "e",
+                "type": {"type": "enum", "name": "t.E", "symbols": ["A", "B"]},
+            },
+            {"name": "x", "type": {"type": "fixed", "name": "t.F", "size": 3}},
+            {"name": "m", "type": {"type": "map", "values": ["null", "long"]}},
+            {"name": "a", "type": {"type": "array", "items": "string"}},
+            {
+                "name": "u",
+                "type": [
+                    {
+                        "type": "record",
+                        "name": "t.R1",
+                        "fields": [{"name": "a", "type": "long"}],
+                    },
+                    {
+                        "type": "record",
+                        "name": "t.R2",
+                        "fields": [
+                            {"name": "a", "type": "string"},
+                            {"name": "b", "type": "string"},
+                        ],
+                    },
+                    {"type": "record", "name": "t.R3", "fields": []},
+                ],
+            },
+            {
+                "name": "list",
+                "type": [
+                    "null",
+                    {
+                        "type": "record",
+                        "name": "t.Node",
+                        "fields": [
+                            {"name": "v", "type": "long"},
+                            {"name": "next", "type": ["null", "t.Node"]},
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+)
+
+_LONGS = st.integers(-(2**63), 2**63 - 1)
+_F32 = st.floats(width=32, allow_nan=False)
+
+
+def _node(depth: int) -> st.SearchStrategy[Any]:
+    if depth == 0:
+        return st.none()
+    return st.one_of(
+        st.none(), st.fixed_dictionaries({"v": _LONGS, "next": _node(depth - 1)})
+    )
+
+
+everything = st.fixed_dictionaries(
+    {
+        "i": st.integers(-(2**31), 2**31 - 1),
+        "l": _LONGS,
+        "f": _F32,
+        "d": st.floats(allow_nan=False),
+        "by": st.binary(max_size=20),
+        "s": st.text(max_size=20),
+        "b": st.booleans(),
+        "n": st.none(),
+        "e": st.sampled_from(["A", "B"]),
+        "x": st.binary(min_size=3, max_size=3),
+        "m": st.dictionaries(st.text(max_size=5), st.none() | _LONGS, max_size=4),
+        "a": st.lists(st.text(max_size=5), max_size=4),
+        "u": st.one_of(
+            st.tuples(st.just("t.R1"), st.fixed_dictionaries({"a": _LONGS})),
+            st.tuples(
+                st.just("t.R2"),
+                st.fixed_dictionaries(
+                    {"a": st.text(max_size=4), "b": st.text(max_size=4)}
+                ),
+            ),
+            st.tuples(st.just("t.R3"), st.just({})),
+        ),
+        "list": _node(3),
+    }
+)
+
+
+def _write(schema: AvroSchema, datum: Any) -> bytes:
+    out = io.BytesIO()
+    schemaless_writer(out, schema, datum)
+    return out.getvalue()
+
+
+def _fastavro(schema: AvroSchema, data: bytes) -> Any:
+    return schemaless_reader(io.BytesIO(data), schema)
+
+
+@settings(max_examples=300, deadline=None)
+@given(everything)
+def test_every_type_reads_as_fastavro_reads_it(datum: dict[str, Any]) -> None:
+    data = _write(EVERYTHING, datum)
+    value, end = CompiledReader(EVERYTHING).read(b"xyz" + data, 3)
+    assert end == 3 + len(data)
+    assert value == _fastavro(EVERYTHING, data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(everything)
+def test_every_strict_prefix_of_a_value_is_refused(datum: dict[str, Any]) -> None:
+    data = _write(EVERYTHING, datum)
+    reader = CompiledReader(EVERYTHING)
+    for cut in range(len(data)):
+        with pytest.raises((IndexError, EOFError, ValueError)):
+            reader.read(data[:cut])
+
+
+@pytest.mark.parametrize(
+    "name", sorted(default_schema_set().current), ids=lambda n: n.rsplit(".", 1)[-1]
+)
+def test_every_current_schema_is_generated(name: str) -> None:
+    # Our own schemas must not silently fall back to fastavro.
+    CompiledReader(default_schema_set().current[name].parsed)
+
+
+def test_the_codec_reads_every_root_type_with_generated_readers() -> None:
+    codec = default_codec()
+    roots = {v.name for v in codec.schemas.current.values() if "row." not in v.name}
+    assert codec.generated_roots == roots - {"synkafka.presence.SyncingDevice"}
+
+
+_BOTH = settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+_FASTAVRO_ONLY = Codec(default_schema_set(), generated=False)
+
+
+@_BOTH
+@given(st.one_of(kafka_commands, presence_snapshots))
+def test_the_generated_path_decodes_what_the_fastavro_path_decodes(
+    record: Command | PresenceSnapshot,
+) -> None:
+    data = default_codec().encode(record)
+    assert default_codec().decode(data) == _FASTAVRO_ONLY.decode(data) == record
+
+
+def test_builders_get_the_field_values_in_schema_order() -> None:
+    schema = parse_schema(
+        {
+            "type": "record",
+            "name": "t.P",
+            "fields": [
+                {"name": "b", "type": "string"},
+                {"name": "a", "type": "long"},
+                {
+                    "name": "kids",
+                    "type": {
+                        "type": "array",
+                        "items": {
+                            "type": "record",
+                            "name": "t.K",
+                            "fields": [{"name": "k", "type": "long"}],
+                        },
+                    },
+                },
+            ],
+        }
+    )
+    data = _write(schema, {"b": "x", "a": -3, "kids": [{"k": 1}, {"k": 2}]})
+    reader = CompiledReader(
+        schema, {"t.P": lambda *v: ("P", *v), "t.K": lambda k: ("K", k)}
+    )
+    assert reader.read(data) == (("P", "x", -3, [("K", 1), ("K", 2)]), len(data))
+
+
+_STRING = parse_schema(
+    {"type": "record", "name": "t.S", "fields": [{"name": "s", "type": "string"}]}
+)
+
+
+@pytest.mark.parametrize(
+    ("schema", "data", "message"),
+    [
+        ("boolean", b"\x02", "boolean byte 2"),
+        (["null", "string"], b"\x04", "union index 2 out of range"),
+        (["null", "string"], b"\x01", "union index -1 out of range"),
+        ("string", b"\x01", "negative length -1"),
+        ("long", b"\xff" * 10 + b"\x01", "longer than ten bytes"),
+        ("long", b"\xff" * 9 + b"\x7f", "beyond 64 bits"),
+        ("int", b"\x80\x80\x80\x80\x10", "outside 32 bits"),
+        ({"type": "enum", "name": "t.E", "symbols": ["A"]}, b"\x02", "enum index 1"),
+        ({"type": "array", "items": "long"}, b"\x40\x02", "need 32 bytes"),
+        ("string", b"\x06ab", "need 3 bytes"),
+        ("double", b"\x00" * 7, "need 8 bytes"),
+    ],
+)
+def test_bytes_no_writer_produces_are_refused(
+    schema: Any, data: bytes, message: str
+) -> None:
+    with pytest.raises((ValueError, EOFError), match=message):
+        CompiledReader(parse_schema(schema)).read(data)
+
+
+def test_invalid_utf8_is_refused() -> None:
+    with pytest.raises(UnicodeDecodeError):
+        CompiledReader(_STRING).read(b"\x04\xff\xfe")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "long", "logicalType": "timestamp-millis"},
+        {"type": "array", "items": "null"},
+        {
+            "type": "array",
+            "items": {"type": "record", "name": "t.Empty", "fields": []},
+        },
+    ],
+)
+def test_schemas_it_does_not_generate_are_declined(schema: Any) -> None:
+    with pytest.raises(UnsupportedSchema):
+        CompiledReader(parse_schema(schema))
