@@ -244,10 +244,16 @@ class _Source:
             raise UnsupportedSchema(f"type {kind!r}")
 
     def _long(self, target: str, out: list[str], ind: str) -> None:
+        # One- and two-byte varints (tokens, lengths up to 8191) inline; longer
+        # ones through _varint.
         out += [
             f"{ind}{target} = b[p]",
             f"{ind}p += 1",
-            f"{ind}if {target} & 128: {target}, p = _varint(b, p, {target})",
+            f"{ind}if {target} & 128:",
+            f"{ind}    if b[p] < 128:",
+            f"{ind}        {target} = ({target} & 127) | (b[p] << 7)",
+            f"{ind}        p += 1",
+            f"{ind}    else: {target}, p = _varint(b, p, {target})",
             f"{ind}{target} = ({target} >> 1) ^ -({target} & 1)",
         ]
 

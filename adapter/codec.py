@@ -43,6 +43,7 @@ from adapter.errors import (
     UnknownStreamDecodeError,
 )
 from adapter.frozen import frozen_maker
+from adapter.ports import StreamUpdate, make_update
 from adapter.records import PresenceSnapshot, SyncingDevice
 from adapter.rows import ROW_CLASSES, Row, row_field_types
 from adapter.schemas import (
@@ -57,6 +58,7 @@ __all__ = [
     "Codec",
     "Record",
     "decode",
+    "decode_update",
     "default_codec",
     "encode",
     "root_name",
@@ -392,6 +394,19 @@ class Codec:
                 BodyReader(version.parsed, root_.schema, return_record_name=False),
                 None,
             )
+        self._live = self._live_rdata(schemas, builders, generated)
+
+    def _live_rdata(
+        self, schemas: SchemaSet, builders: dict[str, _FromValues], generated: bool
+    ) -> tuple[bytes, _ReadValue] | None:
+        """The current RDATA header and a reader building a StreamUpdate from it."""
+        if not generated:
+            return None
+        version = schemas.current[_ROOT_NAMES[RdataCommand]]
+        reader = _generated_reader(
+            version.parsed, {**builders, version.name: self._update_from_values}
+        )
+        return None if reader is None else (MAGIC + version.fingerprint, reader)
 
     @property
     def generated_roots(self) -> frozenset[str]:
@@ -456,6 +471,20 @@ class Codec:
         self, stream: str, instance_name: str, token: int, rows: list[Any]
     ) -> RdataCommand:
         """RDATA from the generated reader, whose rows are typed by union branch."""
+        result: RdataCommand = _make_rdata(
+            stream, instance_name, token, self._stream_rows(stream, rows)
+        )
+        return result
+
+    def _update_from_values(
+        self, stream: str, instance_name: str, token: int, rows: list[Any]
+    ) -> StreamUpdate:
+        return make_update(
+            stream, instance_name, token, self._stream_rows(stream, rows), "kafka"
+        )
+
+    def _stream_rows(self, stream: str, rows: list[Any]) -> tuple[Any, ...]:
+        """The rows of an RDATA of ``stream``, checked to be that stream's."""
         classes = self._row_classes.get(stream)
         if classes is None:
             raise UnknownStreamDecodeError(f"unknown stream {stream!r}")
@@ -467,8 +496,7 @@ class Codec:
                     f"RDATA of stream {stream!r} holds a {type(row).__name__}, which "
                     "is not one of its rows"
                 )
-        result: RdataCommand = _make_rdata(stream, instance_name, token, tuple(rows))
-        return result
+        return tuple(rows)
 
     def _snapshot_from_values(
         self,
@@ -595,6 +623,37 @@ class Codec:
         result: Record = root.from_dict(datum)
         return result
 
+    def decode_update(self, data: bytes) -> StreamUpdate | Record:
+        """:meth:`decode`, but a current-version RDATA comes as a live StreamUpdate.
+
+        The consumer's hot path: an RDATA read from Kafka becomes the update its
+        handler gets (``source`` ``kafka``) without an :class:`RdataCommand` in
+        between. Any other record (or an RDATA of an older schema version) is
+        returned as :meth:`decode` returns it.
+
+        Raises:
+            DecodeError: as :meth:`decode`.
+        """
+        live = self._live
+        if live is not None and type(data) is bytes and data[:_HEADER_LEN] == live[0]:
+            try:
+                value, end = live[1](data, _HEADER_LEN)
+            except DecodeError:
+                raise
+            except (EOFError, ValueError, IndexError, TypeError) as exc:
+                raise DecodeError(
+                    f"corrupt {_ROOT_NAMES[RdataCommand]} body: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if end != len(data):
+                raise DecodeError(
+                    f"{len(data) - end} bytes after the end of the "
+                    f"{_ROOT_NAMES[RdataCommand]} body"
+                )
+            update: StreamUpdate = value
+            return update
+        return self.decode(data)
+
 
 # --- Finding the bad field after fastavro refused a datum (slow path) ---------------
 
@@ -718,3 +777,12 @@ def decode(data: bytes) -> Record:
         DecodeError: the bytes cannot be decoded.
     """
     return default_codec().decode(data)
+
+
+def decode_update(data: bytes) -> StreamUpdate | Record:
+    """Decode with the default schemas; see :meth:`Codec.decode_update`.
+
+    Raises:
+        DecodeError: the bytes cannot be decoded.
+    """
+    return default_codec().decode_update(data)

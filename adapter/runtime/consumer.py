@@ -34,7 +34,7 @@ from typing import Literal, assert_never
 
 from adapter import topics
 from adapter.backoff import Backoff
-from adapter.codec import decode
+from adapter.codec import decode_update
 from adapter.commands import PositionCommand, RdataCommand
 from adapter.config import KafkaSettings
 from adapter.errors import AdapterError, BackfillError, DecodeError, KafkaIOError
@@ -479,6 +479,7 @@ class ReplicationConsumer:
         # Counted per batch, not per record: a labelled ``inc`` costs more than the
         # rest of an RDATA's bookkeeping.
         commands_in: dict[tuple[str, str], int] = {}
+        rdata_in: dict[str, int] = {}
         # Messages of one partition come in runs: reuse its state, key and batch.
         # The client's messages are read through their C accessors; a KafkaRecord
         # is built only for the rare paths that need one (dead letters, drops).
@@ -507,7 +508,7 @@ class ReplicationConsumer:
                     batch.append(UpdateWork(tp, offset, None))
                     continue
                 try:
-                    command = decode(value)
+                    got = decode_update(value)
                 except DecodeError as exc:
                     record = record_of(message)
                     metrics.decode_failures.labels(record.topic).inc()
@@ -515,87 +516,76 @@ class ReplicationConsumer:
                     self._dead_letter_record(record, f"decode: {exc.reason}")
                     batch.append(UpdateWork(tp, offset, None))
                     continue
-                if type(command) is RdataCommand:
-                    key = ("RDATA", command.stream_name)
-                    commands_in[key] = commands_in.get(key, 0) + 1
-                    token = command.token
-                    if command.stream_name == state.name and token is not None:
-                        if tracker.try_apply_rdata(
-                            command.stream_name, command.instance_name, token
-                        ):
-                            # The common case, inlined; the rest goes through _on_rdata.
-                            batch.append(
-                                UpdateWork(
-                                    tp,
-                                    offset,
-                                    make_update(
-                                        command.stream_name,
-                                        command.instance_name,
-                                        token,
-                                        command.rows,
-                                        "kafka",
-                                    ),
-                                    raw=value,
-                                )
-                            )
-                            continue
-                        decision = tracker.observe_rdata(
-                            command.stream_name,
-                            command.instance_name,
-                            token,
-                            len(command.rows),
+                if type(got) is not StreamUpdate:
+                    if type(got) is RdataCommand and got.token is not None:
+                        # An RDATA written with an older schema version.
+                        got = make_update(
+                            got.stream_name,
+                            got.instance_name,
+                            got.token,
+                            got.rows,
+                            "kafka",
                         )
-                        batch.extend(
-                            self._on_rdata(
-                                command,
-                                token,
-                                tp,
-                                record_of(message),
-                                state,
-                                tracker,
-                                decision,
-                            )
-                        )
-                    else:
+                    elif isinstance(got, PositionCommand):
+                        key = ("POSITION", got.stream_name)
+                        commands_in[key] = commands_in.get(key, 0) + 1
+                        batch.extend(self._on_position(got, tp, offset, state, tracker))
+                        continue
+                    elif isinstance(got, RdataCommand):
                         self._dead_letter_record(
-                            record_of(message),
-                            "RDATA for another stream or without a token",
+                            record_of(message), "RDATA without a token"
                         )
                         batch.append(UpdateWork(tp, offset, None))
-                elif isinstance(command, PositionCommand):
-                    key = ("POSITION", command.stream_name)
-                    commands_in[key] = commands_in.get(key, 0) + 1
-                    batch.extend(self._on_position(command, tp, offset, state, tracker))
-                else:
+                        continue
+                    else:
+                        batch.append(UpdateWork(tp, offset, None))
+                        continue
+                stream = got.stream_name
+                rdata_in[stream] = rdata_in.get(stream, 0) + 1
+                if stream != state.name:
+                    self._dead_letter_record(
+                        record_of(message), "RDATA for another stream"
+                    )
                     batch.append(UpdateWork(tp, offset, None))
+                    continue
+                if tracker.try_apply_rdata(stream, got.instance_name, got.token):
+                    # The common case, inlined; the rest goes through _on_rdata.
+                    batch.append(UpdateWork(tp, offset, got, value))
+                    continue
+                decision = tracker.observe_rdata(
+                    stream, got.instance_name, got.token, len(got.rows)
+                )
+                batch.extend(
+                    self._on_rdata(
+                        got, tp, record_of(message), state, tracker, decision
+                    )
+                )
         finally:
             # Also when a dead letter fails mid-batch: count what was seen.
             self.records_seen += seen
             for (name, stream), count in commands_in.items():
                 metrics.commands_in.labels(name, stream).inc(count)
+            for stream, count in rdata_in.items():
+                metrics.commands_in.labels("RDATA", stream).inc(count)
         for name, work in batches.items():
             if work:
                 self._streams[name].pending.append(work)
 
     def _on_rdata(
         self,
-        command: RdataCommand,
-        token: int,
+        update: StreamUpdate,
         tp: TP,
         record: KafkaRecord,
         state: _StreamState,
         tracker: PositionTracker,
         decision: Decision,
     ) -> list[Work]:
-        """The work for an RDATA (of ``state``'s stream, with ``token``) once decided."""
-        if isinstance(decision, Apply):
-            update = StreamUpdate(
-                command.stream_name, command.instance_name, token, command.rows, "kafka"
-            )
-            return [UpdateWork(tp, record.offset, update, raw=record.value)]
+        """The work for a live RDATA (of ``state``'s stream) once decided."""
+        if isinstance(decision, Apply | Reset | Gap):
+            return [UpdateWork(tp, record.offset, update, record.value)]
         if isinstance(decision, Drop):
             self._metrics.rows_dropped.labels(state.name, "duplicate").inc(
-                len(command.rows)
+                len(update.rows)
             )
             return [
                 UpdateWork(
@@ -609,11 +599,6 @@ class ReplicationConsumer:
                 *self._backfill_work(decision, state, tracker),
                 UpdateWork(tp, record.offset, None),
             ]
-        if isinstance(decision, Reset | Gap):
-            update = StreamUpdate(
-                command.stream_name, command.instance_name, token, command.rows, "kafka"
-            )
-            return [UpdateWork(tp, record.offset, update, raw=record.value)]
         assert_never(decision)
 
     def _on_position(
