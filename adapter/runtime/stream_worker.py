@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 from adapter.backoff import Backoff
 from adapter.errors import AdapterError, BackfillError
-from adapter.metrics import Metrics
+from adapter.metrics import HistogramBatch, Metrics
 from adapter.ports import BackfillReader, Handler, StreamUpdate
 
 __all__ = ["BackfillWork", "HandlerPolicy", "StreamWorker", "UpdateWork", "Work"]
@@ -133,6 +133,7 @@ class StreamWorker:
         )
         # Label children are looked up once: ``labels()`` costs more than the update.
         self._duration = metrics.handler_duration.labels(stream_name)
+        self._durations = HistogramBatch(self._duration)
         self._applied: dict[str, Any] = {}
         self._positions: dict[str, Any] = {}
         # Gathered per batch by _update, published by _flush_batch.
@@ -269,6 +270,7 @@ class StreamWorker:
             for source, count in self._batch_applied.items():
                 self._applied_counter(source).inc(count)
             self._batch_applied = {}
+        self._durations.flush()
 
     def _applied_counter(self, source: str) -> Any:
         applied = self._applied.get(source)
@@ -319,12 +321,13 @@ class StreamWorker:
                         "stopped while retrying a failing handler"
                     ) from exc
                 continue
-            self._duration.observe(time.perf_counter() - started)
             n_rows = len(update.rows)
             if deferred:
+                self._durations.observe(time.perf_counter() - started)
                 pending = self._batch_applied
                 pending[update.source] = pending.get(update.source, 0) + n_rows
             else:
+                self._duration.observe(time.perf_counter() - started)
                 self._applied_counter(update.source).inc(n_rows)
             self.rows_handled += n_rows
             return

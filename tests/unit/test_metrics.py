@@ -6,10 +6,13 @@ socket.
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from adapter.metrics import LATENCY_BUCKETS_S, Metrics, render_latest
+from adapter.metrics import LATENCY_BUCKETS_S, HistogramBatch, Metrics, render_latest
 
 # Every label name a metric may carry. Each has a bounded set of values: protocol
 # names (stream, command), deployment names (writer, topic, component), partitions,
@@ -117,3 +120,58 @@ def test_render_latest_gives_the_text_exposition() -> None:
     text = body.decode()
     assert "# HELP synkafka_commands_in_total " in text
     assert 'synkafka_commands_in_total{command="RDATA",stream="events"} 3.0' in text
+
+
+def _histogram_samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    out = {}
+    for family in registry.collect():
+        if family.name == "synkafka_handler_duration_seconds":
+            for sample in family.samples:
+                if not sample.name.endswith("_created"):
+                    out[(sample.name, sample.labels.get("le", ""))] = sample.value
+    return out
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(
+                st.sampled_from(LATENCY_BUCKETS_S),  # exactly on a bound
+                st.floats(0, 60, allow_nan=False),
+            ),
+            max_size=20,
+        ),
+        max_size=4,
+    )
+)
+def test_a_histogram_batch_exports_what_observe_would(
+    batches: list[list[float]],
+) -> None:
+    plain, batched = CollectorRegistry(), CollectorRegistry()
+    direct = Metrics(plain).handler_duration.labels("events")
+    batch = HistogramBatch(Metrics(batched).handler_duration.labels("events"))
+    assert not batch.direct, "the batched path is live on this prometheus_client"
+    for values in batches:
+        for value in values:
+            direct.observe(value)
+            batch.observe(value)
+        batch.flush()
+        got, want = _histogram_samples(batched), _histogram_samples(plain)
+        # Counts exactly; the sum up to float addition order.
+        key = ("synkafka_handler_duration_seconds_sum", "")
+        assert got.pop(key) == pytest.approx(want.pop(key))
+        assert got == want
+
+
+def test_a_histogram_batch_without_the_internals_observes_directly() -> None:
+    seen: list[float] = []
+
+    class Bare:
+        def observe(self, amount: float) -> None:
+            seen.append(amount)
+
+    batch = HistogramBatch(Bare())
+    assert batch.direct
+    batch.observe(0.5)
+    batch.flush()
+    assert seen == [0.5]
