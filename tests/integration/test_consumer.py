@@ -31,6 +31,7 @@ from adapter.kafka.producer import Producer
 from adapter.localstack import KafkaBroker, PostgresCluster
 from adapter.positions import decode_commit_metadata
 from adapter.rows import row_from_wire
+from adapter.runtime.consumer import SWITCH_INTERVAL_S
 from adapter.runtime.lag import LagRow, measure_lag
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
@@ -77,8 +78,10 @@ def test_fresh_consumer_starts_at_the_head_and_sees_only_new_rows(
         master = SynapseWriter(conn, "master")
         publish_written(publisher, "events", "master", _events(master, 5))
         publisher.flush()
+        switch_before = sys.getswitchinterval()
         with ConsumerRun(kafka_bootstrap, prefix, ["events"], dsn) as run:
             run.wait_caught_up()
+            assert sys.getswitchinterval() == SWITCH_INTERVAL_S
             new = _events(master, 3)
             publish_written(publisher, "events", "master", new)
             publisher.flush()
@@ -86,6 +89,7 @@ def test_fresh_consumer_starts_at_the_head_and_sees_only_new_rows(
             # Nothing older than the start, each new token once, from Kafka.
             assert run.recorder.tokens("events") == [t for t, _ in new]
             assert {u.source for u in run.recorder.snapshot()} == {"kafka"}
+        assert sys.getswitchinterval() == switch_before, "restored on return"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
