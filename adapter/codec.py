@@ -272,6 +272,19 @@ def _check_builder_fields(schema: AvroSchema, expected: tuple[str, ...]) -> None
         )
 
 
+def _read_generated(read: _ReadValue, data: bytes, name: str) -> Any:
+    """Read a body after the header with a generated reader; only DecodeError escapes."""
+    try:
+        value, end = read(data, _HEADER_LEN)
+    except DecodeError:
+        raise
+    except (EOFError, ValueError, IndexError, TypeError, RecursionError) as exc:
+        raise DecodeError(f"corrupt {name} body: {type(exc).__name__}: {exc}") from exc
+    if end != len(data):
+        raise DecodeError(f"{len(data) - end} bytes after the end of the {name} body")
+    return value
+
+
 def _generated_reader(
     schema: AvroSchema, builders: Mapping[str, _FromValues]
 ) -> _ReadValue | None:
@@ -586,19 +599,7 @@ class Codec:
         root = writer.root
         generated = writer.generated
         if generated is not None:
-            try:
-                value, end = generated(data, _HEADER_LEN)
-            except DecodeError:
-                raise
-            except (EOFError, ValueError, IndexError, TypeError) as exc:
-                raise DecodeError(
-                    f"corrupt {root.name} body: {type(exc).__name__}: {exc}"
-                ) from exc
-            if end != len(data):
-                raise DecodeError(
-                    f"{len(data) - end} bytes after the end of the {root.name} body"
-                )
-            decoded: Record = value
+            decoded: Record = _read_generated(generated, data, root.name)
             return decoded
         # A sliced copy is cheaper than seeking past the header (records are small).
         stream = io.BytesIO(data[_HEADER_LEN:])
@@ -636,21 +637,9 @@ class Codec:
         """
         live = self._live
         if live is not None and type(data) is bytes and data[:_HEADER_LEN] == live[0]:
-            try:
-                value, end = live[1](data, _HEADER_LEN)
-            except DecodeError:
-                raise
-            except (EOFError, ValueError, IndexError, TypeError) as exc:
-                raise DecodeError(
-                    f"corrupt {_ROOT_NAMES[RdataCommand]} body: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            if end != len(data):
-                raise DecodeError(
-                    f"{len(data) - end} bytes after the end of the "
-                    f"{_ROOT_NAMES[RdataCommand]} body"
-                )
-            update: StreamUpdate = value
+            update: StreamUpdate = _read_generated(
+                live[1], data, _ROOT_NAMES[RdataCommand]
+            )
             return update
         return self.decode(data)
 

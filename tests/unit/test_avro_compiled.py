@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 
 from adapter.avro_compiled import CompiledReader, UnsupportedSchema
 from adapter.codec import Codec, default_codec
-from adapter.commands import Command
+from adapter.commands import Command, RdataCommand
+from adapter.errors import DecodeError
+from adapter.ports import StreamUpdate
 from adapter.records import PresenceSnapshot
+from adapter.rows import TypingRow
 from adapter.schemas import AvroSchema, default_schema_set
 from tests.unit.data.strategies import kafka_commands, presence_snapshots
 
@@ -251,3 +254,45 @@ def test_invalid_utf8_is_refused() -> None:
 def test_schemas_it_does_not_generate_are_declined(schema: Any) -> None:
     with pytest.raises(UnsupportedSchema):
         CompiledReader(parse_schema(schema))
+
+
+@_BOTH
+@given(kafka_commands)
+def test_decode_update_gives_an_rdata_as_the_live_update_and_the_rest_as_decode(
+    command: Command,
+) -> None:
+    codec = default_codec()
+    data = codec.encode(command)
+    got = codec.decode_update(data)
+    if isinstance(command, RdataCommand):
+        assert got == StreamUpdate(
+            command.stream_name,
+            command.instance_name,
+            command.token or 0,
+            command.rows,
+            "kafka",
+        )
+        # Not bytes: the general path, same record.
+        assert codec.decode_update(memoryview(data)) == command  # type: ignore[arg-type]
+    else:
+        assert got == command
+
+
+def test_decode_update_refuses_an_rdata_row_of_another_stream() -> None:
+    codec = default_codec()
+    typing = codec.encode(
+        RdataCommand("typing", "master", 3, (TypingRow("!r:x", ("@a:x",)),))
+    )
+    # The typing RDATA's header, a body whose rows belong to another stream.
+    schema = codec.schemas.current["synkafka.command.Rdata"].parsed
+    body = _write(
+        schema,
+        {
+            "stream_name": "receipts",
+            "instance_name": "master",
+            "token": 3,
+            "rows": [("synkafka.row.Typing", {"room_id": "!r:x", "user_ids": []})],
+        },
+    )
+    with pytest.raises(DecodeError, match="not one of its rows"):
+        codec.decode_update(typing[:10] + body)
