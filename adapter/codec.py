@@ -19,8 +19,12 @@ about topics, keys or Kafka clients.
 Speed: the dataclass <-> dict conversion is done by small functions generated once per
 type when the :class:`Codec` is built (the way ``dataclasses`` builds ``__init__``), so
 no reflection happens per record. RDATA rows are written with fastavro's tuple
-notation ``(record name, dict)``, so fastavro never has to guess a union branch, and
-read as plain dicts: the row kinds of one stream differ in field count.
+notation ``(record name, dict)``, so fastavro never has to guess a union branch.
+Records of a current schema version are read by a reader generated for that schema
+(:mod:`adapter.avro_compiled`), which builds rows and commands straight from the
+field values; older versions are read by fastavro into dicts, where the row kinds of
+one stream are told apart by field count. :meth:`Codec.decode_update` reads an RDATA
+straight into the consumer's :class:`~adapter.ports.StreamUpdate`.
 """
 
 from __future__ import annotations
