@@ -1,23 +1,29 @@
-"""Avro body readers generated for one schema: plain Python, faster than fastavro's.
+"""Avro readers and writers generated for one schema: plain Python, faster than fastavro.
 
 fastavro's compiled reader walks the schema for every datum (a type lookup and a few
-dict reads per value) and reads through a file object, one method call per value.
-For records of a few hundred bytes that is most of the cost of consuming a stream.
+dict reads per value) and reads through a file object, one method call per value;
+its writer likewise, from dicts the caller must build first. For records of a few
+hundred bytes that is most of the cost of consuming or publishing a stream.
 :class:`CompiledReader` instead generates, once per schema, Python source that reads
 a ``bytes`` object by index: a field is a handful of byte-code operations, nested
 records are one function call, and records can be built straight into the caller's
 types (``builders``) instead of dicts that are converted afterwards.
+:class:`CompiledWriter` generates the reverse: it reads the fields of the caller's
+objects (or dicts) and appends to one ``bytearray``.
 
 Only a writer schema read as itself is generated (no schema resolution: records
 written by an older schema version still go through fastavro). Schemas with a
-logical type or an array or map of zero-width items are refused with
+logical type, an array or map of zero-width items (reader), or a union other than
+``[null, T]`` or of records with classes (writer) are refused with
 :class:`UnsupportedSchema`, and the caller keeps fastavro for them.
 
 The reader is stricter than fastavro on bytes no Avro writer produces (a boolean
 byte other than 0 or 1, a varint longer than ten bytes or beyond 64 bits, an int
 outside 32 bits, a negative length, a union index out of range): it raises
-``ValueError`` where fastavro would return something. On valid encodings the results
-equal fastavro's; the unit tests check both.
+``ValueError`` where fastavro would return something. The writer takes only exact
+types (an ``int`` for a long, never a ``bool`` or a ``float``) and raises otherwise,
+so its caller can ask fastavro, whose rules and error messages then apply. On valid
+values the results equal fastavro's; the unit tests check both.
 
 It must not do I/O or know about commands, rows or framing.
 """
@@ -30,7 +36,7 @@ from typing import Any, Final
 
 from adapter.schemas import AvroSchema
 
-__all__ = ["CompiledReader", "UnsupportedSchema"]
+__all__ = ["CompiledReader", "CompiledWriter", "UnsupportedSchema"]
 
 _PRIMITIVES: Final = frozenset(
     {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -84,26 +90,14 @@ def _bad_enum(index: int, symbols: int) -> ValueError:
     return ValueError(f"enum index {index} out of range (0..{symbols - 1})")
 
 
-class _Source:
-    """The generated module: one function per named record and one for the root."""
+class _Generator:
+    """What generated readers and writers share: names, constants, named types."""
 
-    def __init__(self, builders: Mapping[str, Callable[..., Any]]) -> None:
-        self.builders = builders
-        self.namespace: dict[str, Any] = {
-            "_varint": _varint,
-            "_eof": _eof,
-            "_bad_union": _bad_union,
-            "_bad_boolean": _bad_boolean,
-            "_bad_int": _bad_int,
-            "_bad_length": _bad_length,
-            "_bad_enum": _bad_enum,
-            "_f32": struct.Struct("<f").unpack_from,
-            "_f64": struct.Struct("<d").unpack_from,
-        }
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.namespace = namespace
         self.functions: list[str] = []
         self.named: dict[str, dict[str, Any]] = {}
         self.record_functions: dict[str, str] = {}
-        self.tables: dict[str, list[str]] = {}
         self._counter = 0
 
     def var(self, stem: str = "v") -> str:
@@ -115,8 +109,6 @@ class _Source:
         self.namespace[name] = value
         return name
 
-    # -- schema walking -------------------------------------------------------------
-
     def resolve(self, schema: AvroSchema) -> AvroSchema:
         if isinstance(schema, str) and schema not in _PRIMITIVES:
             try:
@@ -124,6 +116,29 @@ class _Source:
             except KeyError:
                 raise UnsupportedSchema(f"unknown named type {schema!r}") from None
         return schema
+
+
+class _Source(_Generator):
+    """The generated reader: one function per named record and one for the root."""
+
+    def __init__(self, builders: Mapping[str, Callable[..., Any]]) -> None:
+        super().__init__(
+            {
+                "_varint": _varint,
+                "_eof": _eof,
+                "_bad_union": _bad_union,
+                "_bad_boolean": _bad_boolean,
+                "_bad_int": _bad_int,
+                "_bad_length": _bad_length,
+                "_bad_enum": _bad_enum,
+                "_f32": struct.Struct("<f").unpack_from,
+                "_f64": struct.Struct("<d").unpack_from,
+            }
+        )
+        self.builders = builders
+        self.tables: dict[str, list[str]] = {}
+
+    # -- schema walking -------------------------------------------------------------
 
     def register(self, schema: AvroSchema) -> None:
         """Learn every named type (parsed schemas define each once, then name it)."""
@@ -388,3 +403,245 @@ class CompiledReader:
             ValueError: bytes no Avro writer produces (also ``UnicodeDecodeError``).
         """
         return self._read(data, pos)
+
+
+# --- Writers -------------------------------------------------------------------------
+
+_LONG_MIN: Final = -(2**63)
+_LONG_MAX: Final = 2**63 - 1
+
+
+def _write_varint(out: bytearray, z: int) -> None:
+    """Append the varint of a zig-zagged value of 128 or more."""
+    while z >= 128:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+
+
+class _WriterSource(_Generator):
+    """The generated writer: one function per named record and one for the root."""
+
+    def __init__(self, classes: Mapping[str, type[Any]]) -> None:
+        super().__init__(
+            {
+                "_varint": _write_varint,
+                "_pack_f32": struct.Struct("<f").pack,
+                "_pack_f64": struct.Struct("<d").pack,
+                "_str": str,
+                "_int": int,
+                "_float": float,
+                "_bytes": bytes,
+                "_list_types": (list, tuple),
+                "_dict": dict,
+            }
+        )
+        self.classes = classes
+        self.tables: dict[str, dict[type[Any], tuple[int, str]]] = {}
+
+    def _long(self, value: str, out: list[str], ind: str, low: int, high: int) -> None:
+        # Exactly int (not bool, not float): anything else goes to fastavro, whose
+        # rules for odd values the caller falls back to.
+        z = self.var("z")
+        check = f"_int is not type({value}) or not {low} <= {value} <= {high}"
+        out += [
+            f"{ind}if {check}: raise TypeError('not a long or out of range')",
+            f"{ind}{z} = ({value} << 1) ^ ({value} >> 63)",
+            f"{ind}if {z} < 128: o.append({z})",
+            f"{ind}else: _varint(o, {z})",
+        ]
+
+    def _length(self, n: str, out: list[str], ind: str) -> None:
+        out += [
+            f"{ind}if {n} < 64: o.append({n} << 1)",
+            f"{ind}else: _varint(o, {n} << 1)",
+        ]
+
+    def emit(self, schema: AvroSchema, value: str, out: list[str], ind: str) -> None:
+        """Append lines that write ``value`` (an expression) as ``schema`` to ``o``."""
+        schema = self.resolve(schema)
+        if isinstance(schema, list):
+            self._union(schema, value, out, ind)
+            return
+        kind = schema if isinstance(schema, str) else schema["type"]
+        if isinstance(kind, (dict, list)):
+            self.emit(kind, value, out, ind)
+            return
+        if isinstance(schema, dict) and "logicalType" in schema:
+            raise UnsupportedSchema(f"logical type {schema['logicalType']!r}")
+        v = self.var()
+        out.append(f"{ind}{v} = {value}")
+        if kind == "null":
+            out.append(f"{ind}if {v} is not None: raise TypeError('not null')")
+        elif kind == "boolean":
+            out += [
+                f"{ind}if {v} is True: o.append(1)",
+                f"{ind}elif {v} is False: o.append(0)",
+                f"{ind}else: raise TypeError('not a boolean')",
+            ]
+        elif kind == "long":
+            self._long(v, out, ind, _LONG_MIN, _LONG_MAX)
+        elif kind == "int":
+            self._long(v, out, ind, _INT_MIN, _INT_MAX)
+        elif kind in ("float", "double"):
+            pack = "_pack_f32" if kind == "float" else "_pack_f64"
+            check = f"type({v}) is not _float and type({v}) is not _int"
+            out += [
+                f"{ind}if {check}: raise TypeError('not a number')",
+                f"{ind}o += {pack}({v})",
+            ]
+        elif kind in ("string", "bytes"):
+            e, n = self.var("e"), self.var("n")
+            if kind == "string":
+                out += [
+                    f"{ind}if type({v}) is not _str: raise TypeError('not a string')",
+                    f"{ind}{e} = {v}.encode()",
+                ]
+            else:
+                out += [
+                    f"{ind}if type({v}) is not _bytes: raise TypeError('not bytes')",
+                    f"{ind}{e} = {v}",
+                ]
+            out.append(f"{ind}{n} = len({e})")
+            self._length(n, out, ind)
+            out.append(f"{ind}o += {e}")
+        elif kind == "fixed":
+            size = int(schema["size"])
+            check = f"type({v}) is not _bytes or len({v}) != {size}"
+            out += [
+                f"{ind}if {check}: raise TypeError('not fixed')",
+                f"{ind}o += {v}",
+            ]
+        elif kind == "enum":
+            symbols = self.constant({s: i for i, s in enumerate(schema["symbols"])})
+            i = self.var("i")
+            out += [f"{ind}{i} = {symbols}[{v}]"]  # KeyError: not a symbol
+            self._length(i, out, ind)
+        elif kind in ("record", "error"):
+            fn = self.record_function(schema)
+            out.append(f"{ind}{fn}({v}, o)")
+        elif kind in ("array", "map"):
+            n, x, k = self.var("n"), self.var("x"), self.var("k")
+            check = "_list_types" if kind == "array" else "_dict"
+            out += [
+                f"{ind}if not isinstance({v}, {check}): raise TypeError('not a {kind}')",
+                f"{ind}{n} = len({v})",
+                f"{ind}if {n}:",
+            ]
+            self._length(n, out, ind + "    ")
+            if kind == "array":
+                out.append(f"{ind}    for {x} in {v}:")
+                self.emit(schema["items"], x, out, ind + "        ")
+            else:
+                out.append(f"{ind}    for {k}, {x} in {v}.items():")
+                self.emit("string", k, out, ind + "        ")
+                self.emit(schema["values"], x, out, ind + "        ")
+            out.append(f"{ind}o.append(0)")
+        else:
+            raise UnsupportedSchema(f"type {kind!r}")
+
+    def _union(self, branches: list[Any], value: str, out: list[str], ind: str) -> None:
+        resolved = [self.resolve(b) for b in branches]
+        kinds = [r if isinstance(r, str) else r.get("type") for r in resolved]
+        if len(branches) == 2 and kinds[0] == "null" and kinds[1] != "null":
+            v = self.var()
+            out += [
+                f"{ind}{v} = {value}",
+                f"{ind}if {v} is None: o.append(0)",
+                f"{ind}else:",
+                f"{ind}    o.append(2)",
+            ]
+            self.emit(branches[1], v, out, ind + "    ")
+            return
+        if all(k in ("record", "error") for k in kinds):
+            # Records by their Python class: the union branch is the class's.
+            table: dict[type[Any], tuple[int, str]] = {}
+            for index, r in enumerate(resolved):
+                cls = self.classes.get(r["name"])
+                if cls is None:
+                    raise UnsupportedSchema(f"no class for union branch {r['name']}")
+                table[cls] = (index, self.record_function(r))
+            name = self.var("_t")
+            self.tables[name] = table
+            self.namespace[name] = None
+            v, i, fn = self.var(), self.var("i"), self.var("f")
+            out += [
+                f"{ind}{v} = {value}",
+                f"{ind}{i}, {fn} = {name}[type({v})]",  # KeyError: not a branch
+            ]
+            self._length(i, out, ind)
+            out.append(f"{ind}{fn}({v}, o)")
+            return
+        raise UnsupportedSchema("a union other than [null, T] or of records")
+
+    def record_function(self, schema: dict[str, Any]) -> str:
+        name = schema["name"]
+        existing = self.record_functions.get(name)
+        if existing is not None:
+            return existing
+        fn = self.record_functions[name] = f"_w{len(self.record_functions)}"
+        out = [f"def {fn}(r, o):"]
+        cls = self.classes.get(name)
+        for f in schema["fields"]:
+            field_name = f["name"]
+            if cls is not None:
+                if not hasattr(cls, field_name):
+                    raise UnsupportedSchema(f"{cls.__name__} has no field {field_name}")
+                access = f"r.{field_name}"
+            else:
+                access = f"r[{field_name!r}]"
+            self.emit(f["type"], access, out, "    ")
+        if len(out) == 1:
+            out.append("    pass")
+        self.functions.append("\n".join(out))
+        return fn
+
+
+class CompiledWriter:
+    """Writes values of one schema as Avro bytes, with generated code.
+
+    Args:
+        schema: the parsed schema (``fastavro.parse_schema`` output).
+        classes: the Python class of records by full name; their fields are read as
+            attributes of the same names, and a union of records picks its branch by
+            the value's class. Records without a class are read as dicts.
+        prefix: bytes written before every body (a single-object header).
+
+    Raises:
+        UnsupportedSchema: a logical type, a union other than ``[null, T]`` or of
+            records with classes, or a class without one of its record's fields.
+    """
+
+    def __init__(
+        self,
+        schema: AvroSchema,
+        classes: Mapping[str, type[Any]] | None = None,
+        prefix: bytes = b"",
+    ) -> None:
+        gen = _WriterSource(classes or {})
+        reader_side = _Source({})
+        reader_side.register(schema)  # learns named types, refuses logical types
+        gen.named = reader_side.named
+        gen.namespace["_prefix"] = prefix
+        out = ["def write(value):", "    o = bytearray(_prefix)"]
+        gen.emit(schema, "value", out, "    ")
+        out.append("    return bytes(o)")
+        source = "\n\n".join([*gen.functions, "\n".join(out)]) + "\n"
+        self.source = source
+        """The generated Python, for tests and debugging."""
+        exec(compile(source, "<avro writer>", "exec"), gen.namespace)  # noqa: S102
+        for table, entries in gen.tables.items():
+            gen.namespace[table] = {
+                cls: (i, gen.namespace[fn]) for cls, (i, fn) in entries.items()
+            }
+        self._write: Callable[[Any], bytes] = gen.namespace["write"]
+
+    def write(self, value: Any) -> bytes:
+        """The prefix and the Avro body of ``value``.
+
+        Raises:
+            TypeError, KeyError, ValueError, AttributeError, UnicodeEncodeError: the
+                value does not fit the schema (the codec then asks fastavro, whose
+                errors name the field).
+        """
+        return self._write(value)

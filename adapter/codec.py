@@ -24,7 +24,9 @@ Records of a current schema version are read by a reader generated for that sche
 (:mod:`adapter.avro_compiled`), which builds rows and commands straight from the
 field values; older versions are read by fastavro into dicts, where the row kinds of
 one stream are told apart by field count. :meth:`Codec.decode_update` reads an RDATA
-straight into the consumer's :class:`~adapter.ports.StreamUpdate`.
+straight into the consumer's :class:`~adapter.ports.StreamUpdate`. Writing goes
+through a writer generated per current schema too, straight from the objects; a
+value it refuses goes the fastavro way (dicts), which names the bad field.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any, Final, TypeAlias
 from fastavro.read import SchemaResolutionError
 
 from adapter.avro_body import BodyReader, BodyWriter
-from adapter.avro_compiled import CompiledReader, UnsupportedSchema
+from adapter.avro_compiled import CompiledReader, CompiledWriter, UnsupportedSchema
 from adapter.commands import COMMAND_CLASSES, Command, RdataCommand
 from adapter.errors import (
     DecodeError,
@@ -251,6 +253,8 @@ class _Root:
     to_dict: _ToDict
     from_dict: _FromDict
     body: BodyWriter
+    generated: Callable[[Any], bytes] | None
+    """Header and body straight from the object; None: only the fastavro path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +291,15 @@ def _read_generated(read: _ReadValue, data: bytes, name: str) -> Any:
     if end != len(data):
         raise DecodeError(f"{len(data) - end} bytes after the end of the {name} body")
     return value
+
+
+def _generated_writer(
+    schema: AvroSchema, classes: Mapping[str, type[Any]], header: bytes
+) -> Callable[[Any], bytes] | None:
+    try:
+        return CompiledWriter(schema, classes, header).write
+    except UnsupportedSchema:
+        return None
 
 
 def _generated_reader(
@@ -359,6 +372,7 @@ class Codec:
         )
         builders[_NESTED_NAMES[SyncingDevice]] = device_values
 
+        classes = {name: cls for cls, name in _NESTED_NAMES.items()}
         for cls, name in _ROOT_NAMES.items():
             version = schemas.current[name]
             if cls is RdataCommand:
@@ -379,6 +393,9 @@ class Codec:
                 to_dict,
                 from_dict,
                 BodyWriter(version.parsed, header),
+                _generated_writer(version.parsed, {**classes, name: cls}, header)
+                if generated
+                else None,
             )
             self._roots[cls] = root
 
@@ -426,6 +443,13 @@ class Codec:
         return None if reader is None else (MAGIC + version.fingerprint, reader)
 
     @property
+    def generated_writers(self) -> frozenset[str]:
+        """Root types written by a generated writer."""
+        return frozenset(
+            r.name for r in self._roots.values() if r.generated is not None
+        )
+
+    @property
     def generated_roots(self) -> frozenset[str]:
         """Root types whose current version is read by a generated reader."""
         return frozenset(
@@ -459,6 +483,17 @@ class Codec:
             "token": command.token,
             "rows": rows,
         }
+
+    def _rows_fit(self, command: RdataCommand) -> bool:
+        """True if an RDATA has rows, all of its stream.
+
+        The generated writer's rows union takes any stream's row; this is the check
+        ``_rdata_to_dict`` makes on the fastavro path.
+        """
+        classes = self._row_classes.get(command.stream_name)
+        if classes is None or not command.rows:
+            return False
+        return all(type(row) in classes for row in command.rows)
 
     def _rdata_from_dict(self, d: dict[str, Any]) -> RdataCommand:
         stream = d["stream_name"]
@@ -564,6 +599,14 @@ class Codec:
         root = self._roots.get(type(record))
         if root is None:
             raise EncodeError(f"cannot encode a {type(record).__name__}")
+        generated = root.generated
+        if generated is not None and (
+            type(record) is not RdataCommand or self._rows_fit(record)
+        ):
+            try:
+                return generated(record)
+            except Exception:  # noqa: BLE001, S110 - the fastavro path names the problem
+                pass
         datum = root.to_dict(record)
         try:
             return root.body.write(datum)

@@ -357,11 +357,14 @@ class Bridge:
                 and self._repair(key, last, token) == token
             ):
                 return
-        rows = command.rows if batch is None else (*batch, *command.rows)
-        self._publisher.publish(
-            RdataCommand(command.stream_name, command.instance_name, token, rows),
-            on_delivery=self._lag_observer(received_s),
-        )
+        if batch is not None:
+            command = RdataCommand(
+                command.stream_name,
+                command.instance_name,
+                token,
+                (*batch, *command.rows),
+            )
+        self._publisher.publish(command, on_delivery=self._lag_observer(received_s))
         self._published[key] = token
 
     def _on_position(self, command: PositionCommand, received_s: float) -> None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapter.avro_compiled import CompiledReader, UnsupportedSchema
+from adapter.avro_compiled import CompiledReader, CompiledWriter, UnsupportedSchema
 from adapter.codec import Codec, default_codec
 from adapter.commands import Command, RdataCommand
-from adapter.errors import DecodeError
+from adapter.errors import DecodeError, EncodeError
 from adapter.ports import StreamUpdate
 from adapter.records import PresenceSnapshot
 from adapter.rows import TypingRow
@@ -296,3 +296,83 @@ def test_decode_update_refuses_an_rdata_row_of_another_stream() -> None:
     )
     with pytest.raises(DecodeError, match="not one of its rows"):
         codec.decode_update(typing[:10] + body)
+
+
+# --- Writers ---------------------------------------------------------------------
+
+
+class R1(NamedTuple):
+    a: int
+
+
+class R2(NamedTuple):
+    a: str
+    b: str
+
+
+class R3(NamedTuple):
+    pass
+
+
+_BRANCHES: dict[str, type[Any]] = {"t.R1": R1, "t.R2": R2, "t.R3": R3}
+
+
+@settings(max_examples=300, deadline=None)
+@given(everything)
+def test_every_type_writes_as_fastavro_writes_it(datum: dict[str, Any]) -> None:
+    name, fields = datum["u"]
+    as_objects = {**datum, "u": _BRANCHES[name](**fields)}
+    writer = CompiledWriter(EVERYTHING, _BRANCHES, prefix=b"HDR")
+    assert writer.write(as_objects) == b"HDR" + _write(EVERYTHING, datum)
+
+
+def test_the_codec_writes_every_root_type_with_generated_writers() -> None:
+    codec = default_codec()
+    assert codec.generated_writers == codec.generated_roots
+
+
+@_BOTH
+@given(st.one_of(kafka_commands, presence_snapshots))
+def test_the_generated_writer_writes_what_the_fastavro_path_writes(
+    record: Command | PresenceSnapshot,
+) -> None:
+    assert default_codec().encode(record) == _FASTAVRO_ONLY.encode(record)
+
+
+_LONG = parse_schema(
+    {"type": "record", "name": "t.L", "fields": [{"name": "x", "type": "long"}]}
+)
+
+
+@pytest.mark.parametrize(
+    ("schema", "value"),
+    [
+        (_LONG, {"x": True}),
+        (_LONG, {"x": 1.0}),
+        (_LONG, {"x": 2**63}),
+        (_LONG, {"x": None}),
+        (_STRING, {"s": b"bytes"}),
+        (_STRING, {"s": "\udc80"}),
+        (EVERYTHING, {}),
+    ],
+)
+def test_values_that_do_not_fit_are_refused(schema: Any, value: Any) -> None:
+    # The codec then asks fastavro, whose error names the field.
+    with pytest.raises((TypeError, ValueError, KeyError)):
+        CompiledWriter(schema).write(value)
+
+
+def test_a_record_of_another_class_in_a_union_is_refused() -> None:
+    whole: Any = EVERYTHING
+    schema = parse_schema({"type": "array", "items": whole["fields"][12]["type"]})
+    writer = CompiledWriter(schema, _BRANCHES)
+    assert writer.write([R1(5)]) == _write(schema, [("t.R1", {"a": 5})])
+    with pytest.raises(KeyError):
+        writer.write([("t.R1", {"a": 5})])
+
+
+def test_an_rdata_with_a_row_of_another_stream_still_names_it() -> None:
+    command = RdataCommand("events", "master", 3, (TypingRow("!r:x", ()),))
+    with pytest.raises(EncodeError) as caught:
+        default_codec().encode(command)
+    assert caught.value.path == "rows[0]"
