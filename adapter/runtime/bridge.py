@@ -61,7 +61,7 @@ from adapter.commands import (
 )
 from adapter.errors import AdapterError, BackfillError, DecodeError, EncodeError
 from adapter.kafka.producer import Delivered, DeliveryCallback, Producer
-from adapter.metrics import Metrics
+from adapter.metrics import HistogramBatch, Metrics
 from adapter.ports import BackfillReader
 from adapter.records import PresenceSnapshot, SyncingDevice
 from adapter.redis_io import RedisMessage, ReplicationSubscriber
@@ -191,7 +191,9 @@ class Bridge:
         self._lines_by_command: dict[str, int] = {}
         self._commands_in: dict[tuple[str, str], int] = {}
         self._uncounted = 0
-        histogram = metrics.bridge_lag.observe
+        # One observation per acknowledged record: kept locally, added per batch.
+        self._lag = HistogramBatch(metrics.bridge_lag)
+        histogram = self._lag.observe
         if on_lag is None:
             self._observe_lag: Callable[[float], None] = histogram
         else:
@@ -254,10 +256,12 @@ class Bridge:
             self._close_reader()
             self._publish_counts()
         self._publisher.flush()
+        self._lag.flush()  # what the last acknowledgements observed
 
     def _publish_counts(self) -> None:
-        """Add the lines and commands counted since the last call to the metrics."""
+        """Add the lines, commands and lags counted since the last call to the metrics."""
         self._uncounted = 0
+        self._lag.flush()
         if self._lines_by_command:
             lines, self._lines_by_command = self._lines_by_command, {}
             for name, count in lines.items():
