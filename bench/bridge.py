@@ -175,6 +175,7 @@ def run_phase(
                 f"{name}: the bridge saw only {bridge.stats.lines - before_lines}"
             )
         time.sleep(0.001)
+    handled = time.monotonic()
     # Every record of these lines acknowledged and its report served (the bridge
     # thread serves reports while idle): the lag samples are complete.
     client = bridge._producer.client  # noqa: SLF001 (bench introspection)
@@ -191,6 +192,9 @@ def run_phase(
         "lines": len(pairs),
         "rate_target": rate or "max",
         "bridge_cmds_per_s": round(len(pairs) / seconds),
+        # first line seen -> last line handled -> every record acknowledged
+        "handled_s": round(handled - start, 2),
+        "drained_s": round(done - handled, 2),
         "bare_redis_py_msgs_per_s": round(bare_n / bare_s) if bare_s else None,
         "bare_received": bare_n,
         "records_acked": bridge._producer.acknowledged - before_acked,  # noqa: SLF001
