@@ -117,6 +117,67 @@ class _Generator:
                 raise UnsupportedSchema(f"unknown named type {schema!r}") from None
         return schema
 
+    def register(self, schema: AvroSchema) -> None:
+        """Learn every named type (parsed schemas define each once, then name it)."""
+        if isinstance(schema, list):
+            for branch in schema:
+                self.register(branch)
+        elif isinstance(schema, dict):
+            if "logicalType" in schema:
+                raise UnsupportedSchema(f"logical type {schema['logicalType']!r}")
+            kind = schema.get("type")
+            if kind in ("record", "error", "enum", "fixed"):
+                self.named[schema["name"]] = schema
+            if kind in ("record", "error"):
+                for f in schema["fields"]:
+                    self.register(f["type"])
+            elif kind == "array":
+                self.register(schema["items"])
+            elif kind == "map":
+                self.register(schema["values"])
+            elif isinstance(kind, (dict, list)):
+                self.register(kind)
+
+    def emit(self, schema: AvroSchema, target: str, out: list[str], ind: str) -> None:
+        """Append the lines for one ``schema`` value, read into or written from ``target``."""
+        schema = self.resolve(schema)
+        if isinstance(schema, list):
+            self._union(schema, target, out, ind)
+            return
+        kind = schema if isinstance(schema, str) else schema["type"]
+        if isinstance(kind, (dict, list)):
+            self.emit(kind, target, out, ind)
+            return
+        self._emit_kind(kind, schema, target, out, ind)
+
+    def build(
+        self, schema: AvroSchema, head: list[str], tail: str, filename: str
+    ) -> str:
+        """Generate the module, run it into :attr:`namespace`, return its source.
+
+        The module is the record functions, then ``head``, the root value's lines
+        and ``tail`` (the entry function).
+        """
+        self.register(schema)
+        out = list(head)
+        self.emit(schema, "value", out, "    ")
+        out.append(tail)
+        source = "\n\n".join([*self.functions, "\n".join(out)]) + "\n"
+        # Generated once per schema from the schema's own names and types, as
+        # dataclasses generates __init__: straight-line code is what makes it fast.
+        exec(compile(source, filename, "exec"), self.namespace)  # noqa: S102
+        return source
+
+    def _union(
+        self, branches: list[Any], target: str, out: list[str], ind: str
+    ) -> None:
+        raise NotImplementedError
+
+    def _emit_kind(
+        self, kind: str, schema: AvroSchema, target: str, out: list[str], ind: str
+    ) -> None:
+        raise NotImplementedError
+
 
 class _Source(_Generator):
     """The generated reader: one function per named record and one for the root."""
@@ -139,27 +200,6 @@ class _Source(_Generator):
         self.tables: dict[str, list[str]] = {}
 
     # -- schema walking -------------------------------------------------------------
-
-    def register(self, schema: AvroSchema) -> None:
-        """Learn every named type (parsed schemas define each once, then name it)."""
-        if isinstance(schema, list):
-            for branch in schema:
-                self.register(branch)
-        elif isinstance(schema, dict):
-            if "logicalType" in schema:
-                raise UnsupportedSchema(f"logical type {schema['logicalType']!r}")
-            kind = schema.get("type")
-            if kind in ("record", "error", "enum", "fixed"):
-                self.named[schema["name"]] = schema
-            if kind in ("record", "error"):
-                for f in schema["fields"]:
-                    self.register(f["type"])
-            elif kind == "array":
-                self.register(schema["items"])
-            elif kind == "map":
-                self.register(schema["values"])
-            elif isinstance(kind, (dict, list)):
-                self.register(kind)
 
     def zero_width(
         self, schema: AvroSchema, seen: frozenset[str] = frozenset()
@@ -186,16 +226,10 @@ class _Source(_Generator):
 
     # -- code emission ----------------------------------------------------------------
 
-    def emit(self, schema: AvroSchema, target: str, out: list[str], ind: str) -> None:
+    def _emit_kind(
+        self, kind: str, schema: AvroSchema, target: str, out: list[str], ind: str
+    ) -> None:
         """Append lines that read one ``schema`` value into ``target``, advancing p."""
-        schema = self.resolve(schema)
-        if isinstance(schema, list):
-            self._union(schema, target, out, ind)
-            return
-        kind = schema if isinstance(schema, str) else schema["type"]
-        if isinstance(kind, (dict, list)):
-            self.emit(kind, target, out, ind)
-            return
         if kind == "null":
             out.append(f"{ind}{target} = None")
         elif kind == "boolean":
@@ -381,16 +415,13 @@ class CompiledReader:
         builders: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         gen = _Source(builders or {})
-        gen.register(schema)
-        out = ["def read(b, p):", "    n = len(b)"]
-        gen.emit(schema, "value", out, "    ")
-        out.append("    return value, p")
-        source = "\n\n".join([*gen.functions, "\n".join(out)]) + "\n"
-        self.source = source
+        self.source = gen.build(
+            schema,
+            ["def read(b, p):", "    n = len(b)"],
+            "    return value, p",
+            "<avro reader>",
+        )
         """The generated Python, for tests and debugging."""
-        # Generated once per schema from the schema's own names and types, as
-        # dataclasses generates __init__: straight-line code is what makes it fast.
-        exec(compile(source, "<avro reader>", "exec"), gen.namespace)  # noqa: S102
         for table, functions in gen.tables.items():
             gen.namespace[table] = tuple(gen.namespace[fn] for fn in functions)
         self._read: Callable[[bytes, int], tuple[Any, int]] = gen.namespace["read"]
@@ -457,16 +488,10 @@ class _WriterSource(_Generator):
             f"{ind}else: _varint(o, {n} << 1)",
         ]
 
-    def emit(self, schema: AvroSchema, value: str, out: list[str], ind: str) -> None:
+    def _emit_kind(
+        self, kind: str, schema: AvroSchema, value: str, out: list[str], ind: str
+    ) -> None:
         """Append lines that write ``value`` (an expression) as ``schema`` to ``o``."""
-        schema = self.resolve(schema)
-        if isinstance(schema, list):
-            self._union(schema, value, out, ind)
-            return
-        kind = schema if isinstance(schema, str) else schema["type"]
-        if isinstance(kind, (dict, list)):
-            self.emit(kind, value, out, ind)
-            return
         if isinstance(schema, dict) and "logicalType" in schema:
             raise UnsupportedSchema(f"logical type {schema['logicalType']!r}")
         v = self.var()
@@ -619,17 +644,14 @@ class CompiledWriter:
         prefix: bytes = b"",
     ) -> None:
         gen = _WriterSource(classes or {})
-        reader_side = _Source({})
-        reader_side.register(schema)  # learns named types, refuses logical types
-        gen.named = reader_side.named
         gen.namespace["_prefix"] = prefix
-        out = ["def write(value):", "    o = bytearray(_prefix)"]
-        gen.emit(schema, "value", out, "    ")
-        out.append("    return bytes(o)")
-        source = "\n\n".join([*gen.functions, "\n".join(out)]) + "\n"
-        self.source = source
+        self.source = gen.build(
+            schema,
+            ["def write(value):", "    o = bytearray(_prefix)"],
+            "    return bytes(o)",
+            "<avro writer>",
+        )
         """The generated Python, for tests and debugging."""
-        exec(compile(source, "<avro writer>", "exec"), gen.namespace)  # noqa: S102
         for table, entries in gen.tables.items():
             gen.namespace[table] = {
                 cls: (i, gen.namespace[fn]) for cls, (i, fn) in entries.items()
