@@ -236,6 +236,7 @@ class ReplicationSubscriber:
         if not server_name or any(c.isspace() for c in server_name):
             raise ConfigError(f"invalid server name {server_name!r}")
         self.channels = (server_name, f"{server_name}/USER_IP")
+        self._channel_names: dict[bytes, str] = {}
         self._url = url
         self._endpoint = _endpoint(url)
         self._server_name = server_name
@@ -422,12 +423,14 @@ class ReplicationSubscriber:
             if isinstance(frame, list) and len(frame) == 3 and frame[0] == b"message":
                 channel, payload = frame[1], frame[2]
                 if isinstance(channel, bytes) and isinstance(payload, bytes):
-                    out.append(
-                        RedisMessage(
-                            channel.decode("utf-8", "replace"),
-                            payload.decode("utf-8", "replace"),
-                            received,
+                    # Two channels carry everything: decode each name once.
+                    name = self._channel_names.get(channel)
+                    if name is None:
+                        name = self._channel_names[channel] = channel.decode(
+                            "utf-8", "replace"
                         )
+                    out.append(
+                        RedisMessage(name, payload.decode("utf-8", "replace"), received)
                     )
             elif isinstance(frame, RespError):
                 raise frame

@@ -60,7 +60,7 @@ from adapter.commands import (
     parse_line,
 )
 from adapter.errors import AdapterError, BackfillError, DecodeError, EncodeError
-from adapter.kafka.producer import Delivered, DeliveryCallback, Producer
+from adapter.kafka.producer import Producer
 from adapter.metrics import HistogramBatch, Metrics
 from adapter.ports import BackfillReader
 from adapter.records import PresenceSnapshot, SyncingDevice
@@ -203,6 +203,8 @@ class Bridge:
                 on_lag(seconds)
 
             self._observe_lag = both
+        # Acknowledgements of records published with their Redis receipt time.
+        producer.on_lag = self._observe_lag
 
     @property
     def published(self) -> dict[tuple[str, str], int]:
@@ -316,9 +318,7 @@ class Bridge:
                 self._count_in(name, "")
                 if isinstance(command, ClearUserSyncsCommand):
                     self._instances.pop(command.instance_id, None)
-                self._publisher.publish(
-                    command, on_delivery=self._lag_observer(message.received_s)
-                )
+                self._publisher.publish(command, received_s=message.received_s)
         except EncodeError as exc:
             # Parsed, but a value does not fit its schema (a token beyond a long...).
             self._dead_letter(message, f"encode: {exc}")
@@ -326,16 +326,6 @@ class Bridge:
     def _count_in(self, name: str, stream: str) -> None:
         commands = self._commands_in
         commands[name, stream] = commands.get((name, stream), 0) + 1
-
-    def _lag_observer(self, received_s: float) -> DeliveryCallback:
-        observe = self._observe_lag
-        monotonic = time.monotonic
-
-        def on_delivery(error: object, delivered: Delivered | None) -> None:
-            if error is None:
-                observe(monotonic() - received_s)
-
-        return on_delivery
 
     def _on_rdata(self, command: RdataCommand, received_s: float) -> None:
         key = (command.stream_name, command.instance_name)
@@ -368,7 +358,7 @@ class Bridge:
                 token,
                 (*batch, *command.rows),
             )
-        self._publisher.publish(command, on_delivery=self._lag_observer(received_s))
+        self._publisher.publish(command, received_s=received_s)
         self._published[key] = token
 
     def _on_position(self, command: PositionCommand, received_s: float) -> None:
@@ -379,7 +369,7 @@ class Bridge:
         last = self._published.get(key)
         if last is not None and command.prev_token > last:
             self._repair(key, last, command.new_token)
-        self._publisher.publish(command, on_delivery=self._lag_observer(received_s))
+        self._publisher.publish(command, received_s=received_s)
         # Below `last` only when an in-memory stream restarted (typing): follow it.
         self._published[key] = command.new_token
 
@@ -486,7 +476,7 @@ class Bridge:
                 )
             ),
         )
-        self._publisher.publish(snapshot, on_delivery=self._lag_observer(received_s))
+        self._publisher.publish(snapshot, received_s=received_s)
 
     def _dead_letter(self, message: RedisMessage, reason: str) -> None:
         self.stats.parse_failures += 1

@@ -114,8 +114,12 @@ class Publisher:
         command: Command | PresenceSnapshot,
         *,
         on_delivery: DeliveryCallback | None = None,
+        received_s: float | None = None,
     ) -> None:
         """Route, encode and produce one command.
+
+        ``received_s``: when the command's input arrived (``time.monotonic()``); the
+        producer's ``on_lag`` then hears how long until the broker acknowledged it.
 
         Raises:
             EncodeError: the command does not fit its schema (RDATA without a token,
@@ -129,7 +133,12 @@ class Publisher:
             route = self._rdata_routes.get(writer_key) or self._rdata_route(command)
             topic, key, headers, counter = route
             self._producer.produce(
-                topic, value, key=key, headers=headers, on_delivery=on_delivery
+                topic,
+                value,
+                key=key,
+                headers=headers,
+                on_delivery=on_delivery,
+                received_s=received_s,
             )
             if command.token is not None:
                 self._unannounced[writer_key] = command.token
@@ -144,7 +153,12 @@ class Publisher:
             )
             topic, key, headers, position_key, counter = proute
             self._producer.produce(
-                topic, value, key=key, headers=headers, on_delivery=on_delivery
+                topic,
+                value,
+                key=key,
+                headers=headers,
+                on_delivery=on_delivery,
+                received_s=received_s,
             )
             self._producer.produce(
                 self._positions_topic, value, key=position_key, headers=headers
@@ -155,7 +169,12 @@ class Publisher:
             return
         topic, key, headers = self._route(command)
         self._producer.produce(
-            topic, value, key=key, headers=headers, on_delivery=on_delivery
+            topic,
+            value,
+            key=key,
+            headers=headers,
+            on_delivery=on_delivery,
+            received_s=received_s,
         )
         if isinstance(command, RdataCommand) and command.token is not None:
             self._unannounced[(command.stream_name, command.instance_name)] = (
