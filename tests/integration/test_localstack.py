@@ -281,7 +281,11 @@ sys.stdin.read()
 def _descendants(pid: int) -> set[int]:
     found: set[int] = set()
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
+        try:
+            listed = children.read_text().split()
+        except OSError:  # the task ended since the glob (a short-lived backend)
+            continue
+        for child in listed:
             found |= {int(child)} | _descendants(int(child))
     return found
 
@@ -302,11 +306,13 @@ def test_services_die_when_their_parent_is_killed() -> None:
         ) as parent:
             assert parent.stdout is not None
             try:
-                pids = {int(p) for p in parent.stdout.readline().split()}
-                assert len(pids) == 3, "the child did not start its services"
-                for pid in list(pids):
-                    pids |= _descendants(pid)  # PostgreSQL's backends too
-                assert all(is_alive(pid) for pid in pids)
+                services = {int(p) for p in parent.stdout.readline().split()}
+                assert len(services) == 3, "the child did not start its services"
+                assert all(is_alive(pid) for pid in services)
+                pids = set(services)
+                for pid in services:
+                    # PostgreSQL's backends too (some come and go by themselves).
+                    pids |= _descendants(pid)
             finally:
                 parent.kill()  # SIGKILL: no atexit, no finalizers, only the kernel
             parent.wait(timeout=10)
