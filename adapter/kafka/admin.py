@@ -10,7 +10,9 @@ none.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +53,12 @@ class TopicState:
     exists: bool
     partitions: int
     config: Mapping[str, str]
+
+
+# Errors of a group coordinator that is moving or loading its state: they pass.
+_COORDINATOR_SETTLING = frozenset(
+    {"COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR"}
+)
 
 
 def _error(exc: BaseException, what: str) -> KafkaIOError:
@@ -164,8 +172,27 @@ class Admin:
     ) -> dict[tuple[str, int], tuple[int, str | None]]:
         """A group's committed ``(offset, metadata)`` per ``(topic, partition)``.
 
-        Works whether or not the group's members are running.
+        Works whether or not the group's members are running. A coordinator that is
+        still loading (a broker that just started) is asked again until the
+        request timeout.
+
+        Raises:
+            KafkaIOError: the broker refused or did not answer in time.
         """
+        deadline = time.monotonic() + self._timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return self._group_offsets_once(group_id)
+            except KafkaIOError as exc:
+                if exc.code not in _COORDINATOR_SETTLING or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+    def _group_offsets_once(
+        self, group_id: str
+    ) -> dict[tuple[str, int], tuple[int, str | None]]:
         request = [ConsumerGroupTopicPartitions(group_id)]
         futures = self._client.list_consumer_group_offsets(
             request, request_timeout=self._timeout_s
@@ -176,6 +203,12 @@ class Admin:
                 result = future.result(timeout=self._timeout_s)
             except KafkaException as exc:
                 raise _error(exc, f"cannot list offsets of group {group_id}") from exc
+            except FutureTimeout as exc:
+                raise KafkaIOError(
+                    f"cannot list offsets of group {group_id}: no answer in "
+                    f"{self._timeout_s:.0f} s",
+                    retriable=True,
+                ) from exc
             tp: _TopicPartition
             for tp in result.topic_partitions or []:
                 if tp.offset >= 0:

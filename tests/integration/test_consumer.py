@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +343,17 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
     dsn = make_database("postgresql", pg_dsn, tmp_path)
     ensure_topics(kafka_bootstrap, prefix, ["events"])
     out1, out2 = tmp_path / "run1.jsonl", tmp_path / "run2.jsonl"
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = int(probe.getsockname()[1])
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/ready", timeout=2
+            ) as r:
+                return bool(r.status == 200)
+        except OSError:  # not listening yet, or 503 (HTTPError) while catching up
+            return False
 
     def start(out: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -362,7 +375,7 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
                 "--output",
                 str(out),
                 "--metrics-port",
-                "-1",
+                str(port),
                 "--no-progress",
                 "--commit-interval",
                 "0.2",
@@ -371,20 +384,24 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
+    # One admin client for every look: creating one per poll (every 20 ms) on a
+    # broker that just started made librdkafka crash now and then.
+    admin = Admin(KafkaSettings(bootstrap_servers=kafka_bootstrap))
+
+    def committed_token() -> int | None:
+        """master's token in the group's commit of the events partition, if any."""
+        offsets = admin.group_offsets(topics.consumer_group(prefix, "killed"))
+        meta = offsets.get((topics.stream_topic(prefix, "events"), 0), (None, None))[1]
+        return decode_commit_metadata(meta or "").get(("events", "master"))
+
     with open_db(dsn) as conn:
         master = SynapseWriter(conn, "master")
         proc = start(out1)
         try:
-            wait_for(
-                lambda: (
-                    Admin(
-                        KafkaSettings(bootstrap_servers=kafka_bootstrap)
-                    ).group_offsets(topics.consumer_group(prefix, "killed"))
-                    != {}
-                ),
-                60,
-                "the first commit",
-            )
+            # Caught up (its /ready): rows published from now on are live ones. Not
+            # the group's offsets: on a broker that just started, the coordinator
+            # can take half a minute to answer an admin client.
+            wait_for(ready, 60, "the consumer ready")
             written = []
             for _ in range(40):
                 batch = _events(master, 25)
@@ -394,19 +411,27 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
                 if len(json_lines(out1)) >= 300:
                     break
             wait_for(lambda: len(json_lines(out1)) >= 300, 30, "rows flowing")
+            # Kill it mid-stream: after a commit that covers some of master's rows
+            # (so "after the last commit" means something), with rows handled since.
+            wait_for(
+                lambda: committed_token() is not None, 30, "a commit of master's rows"
+            )
+            handled = len(json_lines(out1))
+            batch = _events(master, 25)
+            written += batch
+            publish_written(publisher, "events", "master", batch)
+            publisher.flush()
+            wait_for(
+                lambda: len(json_lines(out1)) > handled, 30, "rows after the commit"
+            )
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-        offsets = Admin(KafkaSettings(bootstrap_servers=kafka_bootstrap)).group_offsets(
-            topics.consumer_group(prefix, "killed")
-        )
-        committed_meta = offsets[(topics.stream_topic(prefix, "events"), 0)][1]
-        committed_token = decode_commit_metadata(committed_meta or "")[
-            ("events", "master")
-        ]
+        last_commit = committed_token()
+        assert last_commit is not None
         rest = _events(master, 100)
         written += rest
         publish_written(publisher, "events", "master", rest)
@@ -426,7 +451,7 @@ def test_consumer_killed_with_sigkill_loses_nothing_and_repeats_only_uncommitted
     seen = [x["token"] for x in first] + [x["token"] for x in second]
     assert set(seen) == {t for t, _ in written}, "no row lost"
     repeated = {x["token"] for x in second} & {x["token"] for x in first}
-    assert all(t > committed_token for t in repeated), (
+    assert all(t > last_commit for t in repeated), (
         "only rows after the last commit repeat"
     )
 
