@@ -218,12 +218,8 @@ class Producer:
         self, received_s: float, err: KafkaError | None, msg: Message
     ) -> None:
         """Delivery report of a record whose input-to-acknowledgement time counts."""
-        if err is not None:
-            self._failed(err, msg.topic() or "")
-            return
-        self.acknowledged += 1
-        self._count_out(msg.topic() or "")
-        if self.on_lag is not None:
+        self._report(err, msg)
+        if err is None and self.on_lag is not None:
             self.on_lag(time.monotonic() - received_s)
 
     def _report_to(
