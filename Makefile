@@ -8,17 +8,35 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check lint unit integration e2e bench clean
+.PHONY: install lock-check lock upgrade wheel-check demo test check lint unit integration e2e bench clean
 
-install: $(STAMP)
+# Every install comes from requirements.lock (hashes required); `lock-check` runs first
+# on every make, so a lock that no longer matches pyproject.toml stops here, in one line.
+install: lock-check $(STAMP)
 
-$(STAMP): pyproject.toml dev/bootstrap-system
+lock-check:
+	@$(PYTHON) dev/lock check
+
+$(STAMP): requirements.lock pyproject.toml dev/bootstrap-system
 	dev/bootstrap-system
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,synapse]'
+	@# uv (itself pinned with hashes in the lock) installs the rest, much faster than pip.
+	$(PYTHON) dev/lock export uv > $(VENV)/uv-requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(VENV)/uv-requirements.txt
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	$(BIN)/python -m adapter.localstack fetch-kafka
 	touch $(STAMP)
+
+## Re-resolve requirements.lock after editing pyproject.toml (keeps every pin that fits).
+lock:
+	test -x $(BIN)/uv || $(MAKE) $(STAMP)
+	$(PYTHON) dev/lock update
+
+## Move every dependency to its newest allowed release; commit the lock, run `make test`.
+upgrade:
+	test -x $(BIN)/uv || $(MAKE) $(STAMP)
+	$(PYTHON) dev/lock upgrade
 
 ## Run the main job on local defaults.
 demo: install

@@ -122,7 +122,7 @@ def publish(url: str, pairs: list[tuple[str, str]], rate: float, started: Any) -
 def bare_count(url: str, server: str, expected: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
     """A redis-py subscriber that only counts messages (in a child process)."""
     client = redis.Redis.from_url(url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(server, f"{server}/USER_IP")
     out.put("ready")
     n = 0

@@ -93,7 +93,7 @@ class RedisCapture:
         self.server_name = server_name
         self.channels = (server_name, f"{server_name}/USER_IP")
         self._client = redis.Redis.from_url(redis_url)
-        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = self._client.pubsub()
         self._lines: list[CapturedLine] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -251,7 +251,7 @@ def channel_log(redis_url: str, server_name: str) -> Iterator[list[str]]:
     """Every line published on the server's channels (to see what the bridge sends)."""
     lines: list[str] = []
     client = redis.Redis.from_url(redis_url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(server_name, f"{server_name}/USER_IP")
     stop = threading.Event()
 

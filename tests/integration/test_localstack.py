@@ -235,7 +235,7 @@ def test_postgres_restart_keeps_port_and_data(
 
 def test_redis_publish_subscribe_round_trip(redis_url: str, unique_name: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         pubsub.subscribe(unique_name)
         # The subscription is active once the server counts us as a subscriber.
