@@ -23,14 +23,18 @@ Fingerprints are CRC-64-AVRO (Rabin) of the Parsing Canonical Form, as Avro's
 single-object encoding requires.
 
 It must not know about Python command classes (``adapter.codec`` maps them) and does
-no I/O except reading the schema files when asked to load them. The one environment
-read, ``SYNKAFKA_SCHEMA_DIR``, happens in :func:`schema_dir`, on purpose, because the
-schema files are data that ships next to the package.
+no I/O except reading the schema files when asked to load them. The files ship inside
+the package as ``adapter/avro_schemas`` (in a checkout, a symlink to the top-level
+``schemas/`` folder, which stays the one source of truth; a wheel holds a copy), and
+are found through :mod:`importlib.resources`. The one environment read,
+``SYNKAFKA_SCHEMA_DIR``, happens in :func:`schema_dir`, on purpose: it overrides the
+packaged files.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -53,6 +57,7 @@ from adapter.errors import SchemaError
 
 __all__ = [
     "HISTORY_DIR_NAME",
+    "PACKAGED_DIR_NAME",
     "ROOT_NAMES",
     "SCHEMA_DIR_ENV",
     "AvroSchema",
@@ -71,6 +76,7 @@ AvroSchema: TypeAlias = Any
 
 SCHEMA_DIR_ENV: Final = "SYNKAFKA_SCHEMA_DIR"
 HISTORY_DIR_NAME: Final = "history"
+PACKAGED_DIR_NAME: Final = "avro_schemas"
 
 ROOT_NAMES: Final[tuple[str, ...]] = (
     "synkafka.command.Rdata",
@@ -112,14 +118,18 @@ def schema_dir(environ: Mapping[str, str] | None = None) -> Path:
         environ: the environment to read; ``os.environ`` when omitted.
 
     Returns:
-        ``$SYNKAFKA_SCHEMA_DIR`` if set and not empty, else ``schemas/`` at the
-        repository root, next to the ``adapter`` package.
+        ``$SYNKAFKA_SCHEMA_DIR`` if set and not empty, else the schemas packaged
+        with ``adapter`` (resolved, so in a checkout it is the top-level
+        ``schemas/`` folder, the one to edit).
     """
     env = os.environ if environ is None else environ
     configured = env.get(SCHEMA_DIR_ENV, "")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / "schemas"
+    # fastavro reads schema files by path, so the package must be installed as plain
+    # files (every pip, uv or wheel install is); a zipped package is not supported.
+    packaged = importlib.resources.files("adapter") / PACKAGED_DIR_NAME
+    return Path(str(packaged)).resolve()
 
 
 def fingerprint_of(schema: AvroSchema) -> bytes:

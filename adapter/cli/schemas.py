@@ -44,7 +44,7 @@ DirOption = Annotated[
     typer.Option(
         "--dir",
         envvar=SCHEMA_DIR_ENV,
-        help="Schemas directory (default: schemas/ next to the package).",
+        help="Schemas directory (default: the schemas installed with synkafka).",
     ),
 ]
 
