@@ -5,6 +5,8 @@ The public API is re-exported here; everything else is internal.
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from adapter.codec import decode, encode
 from adapter.commands import Command, parse_line, to_lines
 from adapter.errors import (
@@ -15,7 +17,17 @@ from adapter.errors import (
     UnknownCommandError,
 )
 
-__version__ = "0.1.0"
+
+def _installed_version() -> str:
+    # The distribution's metadata is the one truth (pyproject.toml writes it); a
+    # source tree that was never installed has none.
+    try:
+        return importlib.metadata.version("synkafka")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 __all__ = [
     "AdapterError",

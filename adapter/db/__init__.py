@@ -1,7 +1,9 @@
-"""Synapse's database: connections, the backfill sources and a writer simulator.
+"""Synapse's database: connections and the backfill sources.
 
 The only package that imports a database driver (psycopg 3, sqlite3). See
-:mod:`adapter.db.sources` for the backfill rules.
+:mod:`adapter.db.sources` for the backfill rules. The writer simulator,
+:mod:`adapter.db.writer`, is part of the dev stack and is imported from there only,
+so a production process never loads it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from adapter.db.sources import (
     iter_rows,
 )
 from adapter.db.synapse_schema import create_synapse_tables
-from adapter.db.writer import SynapseWriter
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -33,7 +34,6 @@ __all__ = [
     "SourceRegistry",
     "SqlStreamSource",
     "StreamSource",
-    "SynapseWriter",
     "TableQuery",
     "TokenRow",
     "WireRow",

@@ -64,6 +64,12 @@ from adapter.kafka.producer import Producer
 from adapter.presence import InstanceSummary
 from adapter.rows import row_from_wire, row_to_wire
 from adapter.runtime.backfill import DatabaseReader
+from adapter.runtime.demo_sizes import (
+    DEFAULT_DURATION_S,
+    DEFAULT_ROWS,
+    QUICK_DURATION_S,
+    QUICK_ROWS,
+)
 from adapter.runtime.lag import LagRow, measure_lag
 from adapter.runtime.presence_view import PresenceFollower
 from adapter.runtime.publisher import Publisher
@@ -87,12 +93,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Rows (one token each; a state event adds a second row) and seconds of writing.
-DEFAULT_ROWS: Final = 3000
-DEFAULT_DURATION_S: Final = 30.0
-#: ``--quick`` (the test): a smaller, faster run of the same scenario.
-QUICK_ROWS: Final = 600
-QUICK_DURATION_S: Final = 8.0
 
 EVENT_WRITERS: Final = ("event_persister1", "event_persister2")
 MAIN_WRITER: Final = "master"

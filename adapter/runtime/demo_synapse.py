@@ -46,6 +46,7 @@ from adapter.runtime.demo import (
     _lag_text,
     _log_tail,
 )
+from adapter.runtime.demo_sizes import DEFAULT_MESSAGES, QUICK_MESSAGES
 from adapter.runtime.lag import LagRow
 from adapter.runtime.presence_view import PresenceFollower
 
@@ -58,8 +59,6 @@ __all__ = [
     "Traffic",
 ]
 
-QUICK_MESSAGES: Final = 60
-DEFAULT_MESSAGES: Final = 300
 WORKER_NAME: Final = "worker1"
 _STOP_AT: Final = 0.30
 _RESTART_AT: Final = 0.60

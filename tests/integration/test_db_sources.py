@@ -14,7 +14,6 @@ from adapter.db import (
     SourceRegistry,
     SqlStreamSource,
     StreamSource,
-    SynapseWriter,
     TableQuery,
     builtin_registry,
     connect,
@@ -31,6 +30,7 @@ from adapter.db.sources import (
     iter_group_pages,
 )
 from adapter.db.synapse_schema import ID_GENERATORS
+from adapter.db.writer import SynapseWriter
 from adapter.errors import BackfillError, ConfigError, UnknownStreamError
 from adapter.rows import EventsAllStateRow, row_from_wire
 
