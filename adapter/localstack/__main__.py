@@ -2,7 +2,8 @@
 
 Commands:
     fetch-kafka   download the pinned Kafka jars into the cache (the Makefile's
-                  install step); prints what it did and where.
+                  install step), each checked against its pinned SHA-256; prints
+                  what it did and where. ``--write-checksums`` pins a new version.
     up            start Kafka, PostgreSQL and Redis, print their addresses and keep
                   them running until Ctrl-C.
 """
@@ -13,10 +14,11 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 from adapter.errors import ServiceError
-from adapter.localstack.kafka import KAFKA_VERSION, fetch_kafka
+from adapter.localstack.kafka import KAFKA_VERSION, fetch_kafka, jar_checksums
 from adapter.localstack.stack import LocalStack
 
 __all__ = ["main"]
@@ -28,7 +30,25 @@ def _say(message: str) -> None:
     print(message, flush=True)  # noqa: T201  (this is a command-line tool)
 
 
+def _pin(version: str) -> int:
+    """Fetch ``version`` with Maven's SHA-1 checks only, and pin what came."""
+    install = fetch_kafka(version, verify=False)
+    target = Path(__file__).with_name(f"kafka-{version}.sha256")
+    lines = [
+        f"# SHA-256 of every jar the local Kafka {version} broker runs from",
+        "# (fetch_kafka checks each one; Maven checks each download against the",
+        "# SHA-1 the repository publishes). Written by: python -m adapter.localstack",
+        f"# fetch-kafka --version {version} --write-checksums",
+    ]
+    lines += [f"{d}  {n}" for n, d in jar_checksums(install.libs_dir).items()]
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _say(f"pinned {len(lines) - 4} jars in {target}; review and commit it")
+    return 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
+    if args.write_checksums:
+        return _pin(args.version)
     install = fetch_kafka(args.version)
     if install.downloaded:
         _say(
@@ -77,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch-kafka", help="download the Kafka jars into the cache")
     fetch.add_argument("--version", default=KAFKA_VERSION, help="Kafka release")
+    fetch.add_argument(
+        "--write-checksums",
+        action="store_true",
+        help="pin the fetched jars' SHA-256 in adapter/localstack (a new version)",
+    )
     fetch.set_defaults(run=_fetch)
     up = sub.add_parser("up", help="run the services until Ctrl-C")
     up.add_argument("--no-kafka", action="store_true")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import fcntl
 import functools
+import hashlib
+import importlib.resources
 import logging
 import re
 import shutil
@@ -41,7 +43,10 @@ __all__ = [
     "KafkaBroker",
     "KafkaInstall",
     "fetch_kafka",
+    "jar_checksums",
     "kafka_home",
+    "pinned_checksums",
+    "verify_jars",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,6 +198,68 @@ def _check_libs(libs: Path, version: str) -> None:
         raise ServiceError(f"Kafka jars in {libs} are unusable: {'; '.join(problems)}")
 
 
+def pinned_checksums(version: str = KAFKA_VERSION) -> dict[str, str]:
+    """Return {jar file name: SHA-256 hex} pinned in the package for ``version``.
+
+    Raises:
+        ServiceError: no checksums are pinned for that version.
+    """
+    resource = importlib.resources.files(__package__ or "adapter.localstack").joinpath(
+        f"kafka-{version}.sha256"
+    )
+    if not resource.is_file():
+        raise ServiceError(
+            f"no pinned jar checksums for Kafka {version} (adapter/localstack/"
+            f"kafka-{version}.sha256); add them with: python -m adapter.localstack "
+            f"fetch-kafka --version {version} --write-checksums"
+        )
+    pinned: dict[str, str] = {}
+    for line in resource.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            digest, name = line.split()
+            pinned[name] = digest
+    return pinned
+
+
+def jar_checksums(libs: Path) -> dict[str, str]:
+    """Return {jar file name: SHA-256 hex} of the jars in ``libs``."""
+    return {p.name: _sha256(p) for p in sorted(libs.glob("*.jar"))}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_jars(libs: Path, pinned: Mapping[str, str]) -> None:
+    """Check that ``libs`` holds exactly the pinned jars, each with its SHA-256.
+
+    Raises:
+        ServiceError: one line naming the first jar that differs, is missing or is
+            not pinned.
+    """
+    present = {p.name: p for p in libs.glob("*.jar")}
+    for name in sorted(pinned):
+        path = present.get(name)
+        if path is None:
+            raise ServiceError(f"Kafka jar {name} is missing from {libs}")
+        actual = _sha256(path)
+        if actual != pinned[name]:
+            raise ServiceError(
+                f"Kafka jar {path} has SHA-256 {actual}, not the pinned "
+                f"{pinned[name]}; it is not used"
+            )
+    strays = sorted(set(present) - set(pinned))
+    if strays:
+        raise ServiceError(
+            f"Kafka jar {libs / strays[0]} is not pinned in kafka-<version>.sha256; "
+            "it is not used"
+        )
+
+
 def _first_error_line(output: str) -> str:
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     for ln in lines:
@@ -202,31 +269,55 @@ def _first_error_line(output: str) -> str:
 
 
 def fetch_kafka(
-    version: str = KAFKA_VERSION, *, timeout_s: float = DEFAULT_FETCH_TIMEOUT_S
+    version: str = KAFKA_VERSION,
+    *,
+    timeout_s: float = DEFAULT_FETCH_TIMEOUT_S,
+    pinned: Mapping[str, str] | None = None,
+    verify: bool = True,
 ) -> KafkaInstall:
     """Make sure the jars of Kafka ``version`` are in the cache; download them if not.
 
     Writes ``pom.xml`` into :func:`kafka_home` and runs ``mvn copy-dependencies``
-    (runtime scope) into ``libs/`` there. A ``.complete`` marker is written only after
-    the jars are in place and checked, so an interrupted download is redone from
-    scratch next time. A file lock serialises concurrent callers.
+    (runtime scope) into ``libs/`` there. Maven runs with ``--strict-checksums``, so
+    a download that does not match the SHA-1 the repository publishes fails; then
+    every jar is checked against the SHA-256 pinned in the package
+    (:func:`pinned_checksums`), on every call, cached or not. A jar that does not
+    match is never used: the download or the cached folder is removed. A
+    ``.complete`` marker is written only after the jars are in place and checked, so
+    an interrupted download is redone from scratch next time. A file lock serialises
+    concurrent callers.
 
     Args:
         version: the Apache Kafka release to fetch.
         timeout_s: give up on Maven after this long.
+        pinned: {jar name: SHA-256}; the package's pinned list when omitted.
+        verify: ``False`` only to pin a new version (``--write-checksums``): then
+            Maven's SHA-1 check is the only one.
 
     Returns:
         Where the jars are and whether this call downloaded them.
 
     Raises:
-        ServiceError: ``java`` or ``mvn`` is missing, or the download failed. The
-            message is one line naming what is missing and how to get it.
+        ServiceError: ``java`` or ``mvn`` is missing, the download failed, or a jar
+            does not match its pinned checksum. The message is one line naming what
+            is missing or which file differs, and how to get it.
     """
     started = time.monotonic()
     home = kafka_home(version)
     libs = home / "libs"
+    expected: Mapping[str, str] | None = None
+    if verify:
+        expected = pinned_checksums(version) if pinned is None else pinned
     with _locked(home.with_name(home.name + ".lock")):
         if (home / _MARKER).is_file() and libs.is_dir():
+            try:
+                if expected is not None:
+                    verify_jars(libs, expected)
+            except ServiceError:
+                # Never run from a changed cache; the next fetch starts again.
+                (home / _MARKER).unlink(missing_ok=True)
+                shutil.rmtree(libs, ignore_errors=True)
+                raise
             _check_libs(libs, version)
             return KafkaInstall(version, libs, False, time.monotonic() - started)
         _java()
@@ -245,6 +336,7 @@ def fetch_kafka(
             mvn,
             "-q",
             "-B",
+            "--strict-checksums",
             "-f",
             str(home / "pom.xml"),
             f"{_PLUGIN}:{DEPENDENCY_PLUGIN_VERSION}:copy-dependencies",
@@ -273,7 +365,13 @@ def fetch_kafka(
                 f"{reason}; check network access to Maven Central "
                 "(or the mirror in ~/.m2/settings.xml)"
             )
-        _check_libs(partial, version)
+        try:
+            if expected is not None:
+                verify_jars(partial, expected)
+            _check_libs(partial, version)
+        except ServiceError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         partial.rename(libs)
         (home / _MARKER).write_text(
             "\n".join(sorted(p.name for p in libs.glob("*.jar"))) + "\n"

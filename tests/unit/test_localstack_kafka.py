@@ -21,6 +21,10 @@ GOOD_JARS = [
 ]
 
 
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+EMPTY_PINNED = dict.fromkeys(GOOD_JARS, EMPTY_SHA256)
+
+
 def _make_libs(folder: Path, names: list[str]) -> Path:
     folder.mkdir(parents=True)
     for name in names:
@@ -53,7 +57,7 @@ def test_fetch_reuses_a_complete_cache_without_maven(
     (home / ".complete").write_text("done\n")
     monkeypatch.setattr(shutil, "which", lambda _name: None)
 
-    install = kafka_mod.fetch_kafka()
+    install = kafka_mod.fetch_kafka(pinned=EMPTY_PINNED)
 
     assert (install.downloaded, install.libs_dir) == (False, home / "libs")
     assert install.classpath == str(home / "libs" / "*")
@@ -120,3 +124,44 @@ def test_log_tail_returns_last_lines_or_a_note(tmp_path: Path) -> None:
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     assert log_tail(log, 2) == "line 98\nline 99"
     assert log_tail(tmp_path / "missing.log").startswith("(no log at ")
+
+
+def test_a_cached_jar_that_differs_from_its_pin_is_named_and_not_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    home = kafka_mod.kafka_home()
+    libs = _make_libs(home / "libs", GOOD_JARS)
+    (libs / f"kafka-clients-{VERSION}.jar").write_bytes(b"tampered")
+    (home / ".complete").write_text("done\n")
+
+    with pytest.raises(ServiceError) as raised:
+        kafka_mod.fetch_kafka(pinned=EMPTY_PINNED)
+
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"kafka-clients-{VERSION}.jar has SHA-256 " in message
+    assert message.endswith("it is not used")
+    assert not libs.exists()
+    assert not (home / ".complete").exists()
+
+
+def test_verify_jars_names_a_missing_and_an_unpinned_jar(tmp_path: Path) -> None:
+    libs = _make_libs(tmp_path / "libs", GOOD_JARS[1:])
+    with pytest.raises(ServiceError, match=rf"jar {GOOD_JARS[0]} is missing"):
+        kafka_mod.verify_jars(libs, EMPTY_PINNED)
+    (libs / GOOD_JARS[0]).write_bytes(b"")
+    (libs / "extra-1.0.jar").write_bytes(b"")
+    with pytest.raises(ServiceError, match=r"extra-1\.0\.jar is not pinned"):
+        kafka_mod.verify_jars(libs, EMPTY_PINNED)
+    (libs / "extra-1.0.jar").unlink()
+    kafka_mod.verify_jars(libs, EMPTY_PINNED)
+
+
+def test_the_pinned_checksums_cover_the_broker_jars() -> None:
+    pinned = kafka_mod.pinned_checksums()
+    assert f"kafka_2.13-{VERSION}.jar" in pinned
+    assert any(name.startswith("log4j-slf4j-impl-") for name in pinned)
+    assert all(len(d) == 64 and int(d, 16) >= 0 for d in pinned.values())
+    with pytest.raises(ServiceError, match=r"no pinned jar checksums for Kafka 0\.0"):
+        kafka_mod.pinned_checksums("0.0")
