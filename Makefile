@@ -38,6 +38,10 @@ upgrade:
 	test -x $(BIN)/uv || $(MAKE) $(STAMP)
 	$(PYTHON) dev/lock upgrade
 
+## Build the wheel, install it from the lock outside the checkout, run it (make test does this).
+wheel-check: install
+	dev/wheel-check
+
 ## Run the main job on local defaults.
 demo: install
 	$(BIN)/synkafka demo
