@@ -46,6 +46,7 @@ from adapter.metrics import CollectorRegistry, Metrics
 from adapter.redis_io import ReplicationSubscriber
 from adapter.rows import STREAM_NAMES
 from adapter.runtime.bridge import Bridge
+from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from tests.integration.harness import ensure_topics
 
 _DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "synapse_lines"
@@ -234,6 +235,12 @@ def main() -> None:
             prefix,
             metrics=metrics,
             on_lag=lags.append,
+            dead_letters=DeadLetterWriter(
+                KafkaSettings(bootstrap_servers=bootstrap),
+                prefix,
+                client_id="bench-bridge-dlq",
+                metrics=metrics,
+            ),
         )
         stop = threading.Event()
         thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)

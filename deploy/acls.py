@@ -17,7 +17,7 @@ cluster (a super user)::
         --kafka-password-file /run/secrets/kafka-admin --ssl-ca /etc/kafka/ca.pem
 
 ``ROLE/INSTANCE`` names the instance for the roles whose consumer group is per
-instance (``consumer``, ``user-ip-reader``). ``--delete`` removes the same bindings.
+instance (``consumer``, ``user-ip-reader``, ``dlq-reader``). ``--delete`` removes the same bindings.
 Connection options and their ``SYNKAFKA_*`` environment variables are the
 ``synkafka`` ones.
 """
@@ -59,11 +59,12 @@ ROLES = (
     "presence-writer",
     "lag-reader",
     "user-ip-reader",
+    "dlq-reader",
     "topic-admin",
 )
 """Every role this script knows."""
 
-_INSTANCE_ROLES = frozenset({"consumer", "user-ip-reader"})
+_INSTANCE_ROLES = frozenset({"consumer", "user-ip-reader", "dlq-reader"})
 
 
 @dataclass(frozen=True, order=True)
@@ -148,6 +149,13 @@ def role_acls(role: str, prefix: str, instance: str | None = None) -> list[Acl]:
     elif role == "user-ip-reader":
         assert instance is not None  # noqa: S101
         acls += _topic(topics.user_ip_topic(prefix), "READ")
+        acls += _group(topics.consumer_group(prefix, instance), "READ")
+    elif role == "dlq-reader":
+        # Dead letters hold whole records (personal data) or references to them: only
+        # the operator's own tooling reads them, as only the client-IP writer reads
+        # user_ip.
+        assert instance is not None  # noqa: S101
+        acls += _topic(topics.dlq_topic(prefix), "READ")
         acls += _group(topics.consumer_group(prefix, instance), "READ")
     else:  # topic-admin: `synkafka topics ensure|describe`
         acls += _topic(

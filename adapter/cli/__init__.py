@@ -22,6 +22,7 @@ from adapter.cli import schemas as _schemas  # noqa: F401
 from adapter.cli import topics as _topics  # noqa: F401
 from adapter.cli._app import app
 from adapter.errors import AdapterError
+from adapter.masking import mask_access_tokens
 
 __all__ = ["app", "main"]
 
@@ -31,7 +32,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except AdapterError as exc:
-        typer.echo(f"synkafka: error: {exc}", err=True)
+        typer.echo(f"synkafka: error: {mask_access_tokens(str(exc))}", err=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -44,6 +45,6 @@ def main() -> None:
         if callable(show):
             show()
         else:
-            typer.echo(f"synkafka: error: {exc}", err=True)
+            typer.echo(f"synkafka: error: {mask_access_tokens(str(exc))}", err=True)
         sys.exit(int(getattr(exc, "exit_code", 2)))
     sys.exit(code if isinstance(code, int) else 0)

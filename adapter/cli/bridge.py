@@ -31,6 +31,7 @@ from adapter.records import PresenceSnapshot
 from adapter.redis_io import ReplicationSubscriber
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.bridge import Bridge
+from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import Check, HealthServer
 from adapter.runtime.lag import read_positions_topic
 from adapter.runtime.presence_view import PresenceFollower
@@ -120,6 +121,13 @@ def bridge(
     backoff = Backoff()
     dsn = db_dsn(db, db_password_file) if db else None
     failed = False
+    dead_letters = DeadLetterWriter(
+        settings,
+        resolved,
+        client_id=f"synkafka-bridge-{server_name}-dlq",
+        metrics=metrics,
+        stop=stop,
+    )
     try:
         while not stop.is_set():
             producer = Producer(
@@ -138,6 +146,7 @@ def bridge(
                     open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
                     published=published,
                     presence=presence,
+                    dead_letters=dead_letters,
                 ).run(stop)
                 backoff.reset()
             except KafkaIOError as exc:
@@ -153,6 +162,7 @@ def bridge(
                 )
                 stop.wait(delay)
     finally:
+        dead_letters.close()
         if server is not None:
             server.stop()
     if failed:

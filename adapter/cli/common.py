@@ -48,6 +48,7 @@ from adapter.config import (
     with_url_password,
 )
 from adapter.errors import ConfigError
+from adapter.masking import MaskingFormatter
 from adapter.topics import default_prefix
 
 __all__ = [
@@ -248,15 +249,17 @@ LogLevelOpt = Annotated[
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr in one line per record."""
+    """Log to stderr in one line per record, with access tokens masked."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigError(f"unknown log level {level!r}")
-    logging.basicConfig(
-        level=numeric,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    handler = logging.StreamHandler(sys.stderr)
+    # Every line goes through the mask: a handler's exception, a driver's error or
+    # a malformed record may quote an access token anywhere.
+    handler.setFormatter(
+        MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=numeric, handlers=[handler])
 
 
 def read_secret(value: str | None, file: Path | None, what: str) -> Secret | None:

@@ -44,14 +44,12 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from adapter import topics
 from adapter.commands import (
     ClearUserSyncsCommand,
     PositionCommand,
@@ -61,16 +59,18 @@ from adapter.commands import (
 )
 from adapter.errors import AdapterError, BackfillError, DecodeError, EncodeError
 from adapter.kafka.producer import Producer
+from adapter.masking import mask_access_tokens, mask_user_ip_line
 from adapter.metrics import HistogramBatch, Metrics
 from adapter.ports import BackfillReader
 from adapter.records import PresenceSnapshot, SyncingDevice
 from adapter.redis_io import RedisMessage, ReplicationSubscriber
 from adapter.rows import Row
 from adapter.runtime.consumer import GC_THRESHOLD
+from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.progress import Progress, ProgressReporter
 from adapter.runtime.publisher import Publisher
 
-__all__ = ["DEFAULT_ANNOUNCE_INTERVAL_S", "Bridge", "BridgeStats", "mask_access_tokens"]
+__all__ = ["DEFAULT_ANNOUNCE_INTERVAL_S", "Bridge", "BridgeStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,24 +83,6 @@ _COUNTS_EVERY = 256
 
 #: How often the last RDATA token of each writer is recorded on the positions topic.
 DEFAULT_ANNOUNCE_INTERVAL_S: Final = 1.0
-
-# Synapse access tokens (syt_...), and every JSON string of a USER_IP line: the first
-# is the token whatever its shape, and a malformed line may have it anywhere.
-_SYT_RE: Final = re.compile(r"syt_[A-Za-z0-9_\-=.]+")
-_JSON_STRING_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"?')
-_USER_IP_RE: Final = re.compile(r"^\s*USER_IP\b")
-
-
-def mask_access_tokens(line: str) -> str:
-    """Return ``line`` with every access token replaced by ``***``.
-
-    In a ``USER_IP`` line every JSON string is masked (the access token is the first
-    one when the line is well formed; in a malformed line it could be any); elsewhere
-    only Synapse-shaped tokens (``syt_...``) are.
-    """
-    if _USER_IP_RE.match(line):
-        line = _JSON_STRING_RE.sub('"***"', line)
-    return _SYT_RE.sub("syt_***", line)
 
 
 @dataclass(slots=True)
@@ -148,6 +130,8 @@ class Bridge:
         announce_interval_s: see :data:`DEFAULT_ANNOUNCE_INTERVAL_S`.
         on_lag: also called with each end-to-end lag in seconds (benchmarks keep
             them all; the histogram has buckets only).
+        dead_letters: writes unparseable lines to the dead-letter topic and waits
+            for each acknowledgement (a Redis line cannot be read again).
     """
 
     def __init__(
@@ -163,12 +147,13 @@ class Bridge:
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         announce_interval_s: float = DEFAULT_ANNOUNCE_INTERVAL_S,
         on_lag: Callable[[float], None] | None = None,
+        dead_letters: DeadLetterWriter,
     ) -> None:
         self._subscriber = subscriber
+        self._dead_letters = dead_letters
         self._producer = producer
         self._publisher = Publisher(producer, prefix, metrics=metrics)
         self._prefix = prefix
-        self._dlq_topic = topics.dlq_topic(prefix)
         self._metrics = metrics
         self._open_reader = open_reader
         self._reader: BackfillReader | None = None
@@ -482,26 +467,25 @@ class Bridge:
         self.stats.parse_failures += 1
         self._metrics.bridge_parse_failures.inc()
         masked_reason = mask_access_tokens(reason)
-        if message.channel.endswith("/USER_IP") and '"' in masked_reason:
-            # The reason may quote a fragment of the line: keep no string of it.
-            masked_reason = masked_reason.split(":", 1)[0]
-        logger.warning(
-            "unparseable line on %s sent to %s: %s",
-            message.channel,
-            self._dlq_topic,
-            masked_reason,
-        )
         line = message.line
         if message.channel.endswith("/USER_IP"):
-            # Everything on this channel carries tokens, whatever its command name.
-            line = _JSON_STRING_RE.sub('"***"', line)
-        self._producer.produce(
-            self._dlq_topic,
+            # Everything on this channel carries tokens, whatever its command name,
+            # and the reason may quote a fragment of the line: keep no string of it.
+            line = mask_user_ip_line(line)
+            if '"' in masked_reason:
+                masked_reason = masked_reason.split(":", 1)[0]
+        # Acknowledged before the bridge reads on: the line is gone from Redis.
+        self._dead_letters.write(
             mask_access_tokens(line).encode("utf-8", "replace"),
             key=message.channel,
-            headers=[
-                (topics.HEADER_DLQ_REASON, masked_reason.encode("utf-8", "replace")),
-                (topics.HEADER_DLQ_SOURCE, f"redis:{message.channel}".encode()),
-            ],
+            reason=masked_reason,
+            source=f"redis:{message.channel}",
+            location={"redis_channel": message.channel},
+            counted_as=(self._dead_letters.topic, "parse"),
         )
-        self._metrics.dead_letters.labels(self._dlq_topic, "parse").inc()
+        logger.warning(
+            "unparseable line on %s written to %s: %s",
+            message.channel,
+            self._dead_letters.topic,
+            masked_reason,
+        )

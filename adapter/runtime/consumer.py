@@ -47,7 +47,6 @@ from adapter.kafka.consumer import (
     PartitionStart,
     record_of,
 )
-from adapter.kafka.producer import Producer
 from adapter.kafka.records import KafkaRecord
 from adapter.metrics import Metrics
 from adapter.ports import BackfillReader, Handler, StreamUpdate, make_update
@@ -62,6 +61,7 @@ from adapter.positions import (
     decode_commit_metadata,
     encode_commit_metadata,
 )
+from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.progress import Progress
 from adapter.runtime.stream_worker import (
     BackfillWork,
@@ -218,7 +218,8 @@ class ReplicationConsumer:
         self._lock = threading.Lock()
         # Per partition: the last committed offset and the token map it carried.
         self._committed: dict[TP, tuple[int, str]] = {}
-        self._dlq_producer: Producer | None = None
+        self._dead_letters: DeadLetterWriter | None = None
+        self._stop_event: threading.Event | None = None
         self.attempts = 0
         self.records_seen = 0
         self.broker_up = False
@@ -270,6 +271,7 @@ class ReplicationConsumer:
                 ``fatal_attempts`` tries, a handler that keeps failing with the
                 ``stop`` policy).
         """
+        self._stop_event = stop
         previous_gc = gc.get_threshold()
         previous_switch = sys.getswitchinterval()
         if self._options.gc_threshold is not None:
@@ -783,60 +785,72 @@ class ReplicationConsumer:
             logger.warning("final commit failed: %s", exc)
         finally:
             consumer.close()
-            if self._dlq_producer is not None:
-                self._dlq_producer.close()
+            if self._dead_letters is not None:
+                self._dead_letters.close()
 
     # -- dead letters and statistics ------------------------------------------------
 
-    def _dlq(self) -> Producer:
-        producer = self._dlq_producer
-        if producer is None:
-            producer = Producer(
-                self._kafka, client_id=f"synkafka-{self._options.instance_name}-dlq"
+    def _dlq(self) -> DeadLetterWriter:
+        writer = self._dead_letters
+        if writer is None:
+            writer = DeadLetterWriter(
+                self._kafka,
+                self._options.prefix,
+                client_id=f"synkafka-{self._options.instance_name}-dlq",
+                metrics=self._metrics,
+                stop=self._stop_event,
             )
-            self._dlq_producer = producer
-        return producer
+            self._dead_letters = writer
+        return writer
 
     def _dead_letter_record(self, record: KafkaRecord, reason: str) -> None:
-        """Write ``record`` to the dead-letter topic and wait for the broker's ack."""
-        topic = topics.dlq_topic(self._options.prefix)
-        headers = [
-            (topics.HEADER_DLQ_SOURCE, record.where.encode()),
-            (topics.HEADER_DLQ_REASON, reason.encode()),
-            ("dlq.topic", record.topic.encode()),
-            ("dlq.partition", str(record.partition).encode()),
-            ("dlq.offset", str(record.offset).encode()),
-            *[(k, v) for k, v in record.headers if not k.startswith("dlq.")],
-        ]
-        producer = self._dlq()
-        producer.produce(topic, record.value, key=record.key, headers=headers)
-        producer.flush()
-        self._metrics.dead_letters.labels(record.topic, reason.split(":", 1)[0]).inc()
+        """Write ``record`` to the dead-letter topic; return once it is acknowledged."""
+        self._dlq().write(
+            record.value,
+            key=record.key,
+            reason=reason,
+            source=record.where,
+            location={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+            headers=[
+                ("dlq.topic", record.topic.encode()),
+                ("dlq.partition", str(record.partition).encode()),
+                ("dlq.offset", str(record.offset).encode()),
+                *[(k, v) for k, v in record.headers if not k.startswith("dlq.")],
+            ],
+            counted_as=(record.topic, reason.split(":", 1)[0]),
+        )
 
     def _dead_letter_update(
         self, update: StreamUpdate | None, raw: bytes | None, reason: str
     ) -> None:
-        topic = topics.dlq_topic(self._options.prefix)
         stream = update.stream_name if update else ""
-        headers = [
-            (topics.HEADER_DLQ_REASON, reason.encode()),
-            (topics.HEADER_DLQ_SOURCE, f"handler:{stream}".encode()),
-        ]
+        headers: list[tuple[str, bytes]] = []
+        location: dict[str, str | int] = {"stream": stream}
         if update is not None:
             headers += [
                 (topics.HEADER_STREAM, update.stream_name.encode()),
                 (topics.HEADER_WRITER, update.instance_name.encode()),
                 ("token", str(update.token).encode()),
             ]
-        producer = self._dlq()
-        producer.produce(
-            topic, raw, key=update.instance_name if update else None, headers=headers
+            location.update(writer=update.instance_name, token=update.token)
+        self._dlq().write(
+            raw,
+            key=update.instance_name if update else None,
+            reason=reason,
+            source=f"handler:{stream}",
+            location=location,
+            headers=headers,
+            counted_as=(
+                topics.stream_topic(self._options.prefix, stream)
+                if stream
+                else self._dlq().topic,
+                "handler",
+            ),
         )
-        producer.flush()
-        self._metrics.dead_letters.labels(
-            topics.stream_topic(self._options.prefix, stream) if stream else topic,
-            "handler",
-        ).inc()
 
     def _on_stats(self, stats: Mapping[str, object]) -> None:
         """Export per-partition consumer lag from librdkafka's statistics."""

@@ -12,6 +12,9 @@ The helpers at the top (:class:`BridgeRun`, :func:`read_topic`...) are shared wi
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -26,7 +29,7 @@ from typing import Any
 import pytest
 import redis
 
-from adapter import topics
+from adapter import dead_letters, topics
 from adapter.backoff import Backoff
 from adapter.codec import decode
 from adapter.commands import (
@@ -42,13 +45,15 @@ from adapter.errors import ConsumeError
 from adapter.kafka.consumer import BEGINNING, Consumer, PartitionStart
 from adapter.kafka.producer import Producer
 from adapter.kafka.records import KafkaRecord
+from adapter.masking import mask_access_tokens
 from adapter.metrics import CollectorRegistry, Metrics
 from adapter.records import PresenceSnapshot
 from adapter.redis_io import ReplicationSubscriber
 from adapter.redis_io.subscriber import CLIENT_NAME
 from adapter.rows import STREAM_NAMES, row_to_wire
 from adapter.runtime.backfill import DatabaseReader
-from adapter.runtime.bridge import Bridge, mask_access_tokens
+from adapter.runtime.bridge import Bridge
+from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from tests.integration.harness import ensure_topics, make_database, wait_for
 
 __all__ = [
@@ -108,6 +113,12 @@ class BridgeRun:
             metrics=self.metrics,
             open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
             published=published,
+            dead_letters=DeadLetterWriter(
+                KafkaSettings(bootstrap_servers=bootstrap),
+                prefix,
+                client_id="test-bridge-dlq",
+                metrics=self.metrics,
+            ),
         )
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
@@ -450,6 +461,41 @@ def test_bad_lines_go_to_the_dead_letter_topic_with_tokens_masked(
     assert _TOKEN not in caplog.text
     assert "sEcReT" not in caplog.text
     assert "unparseable line" in caplog.text
+
+
+def test_a_line_too_large_for_the_dead_letter_topic_is_kept_as_a_reference(
+    redis_url: str,
+    kafka_bootstrap: str,
+    prefix: str,
+    server_name: str,
+    publisher: redis.Redis,
+) -> None:
+    # 3 MB, over the producer's 1 MB limit; a small bad line follows it.
+    huge = f"BOGUS_COMMAND {_TOKEN} " + "x" * 3_000_000
+    with BridgeRun(redis_url, server_name, kafka_bootstrap, prefix) as run:
+        _publish(publisher, [(server_name, huge), (server_name, "NOT_A_COMMAND 1")])
+        _wait_records(kafka_bootstrap, topics.dlq_topic(prefix), 2, "both dead letters")
+    assert run.error is None
+    first, second = read_topic(kafka_bootstrap, topics.dlq_topic(prefix))
+    assert first.value is not None
+    assert dict(first.headers)[dead_letters.HEADER_REFERENCE] == b"1"
+    reference = json.loads(first.value)
+    masked = mask_access_tokens(huge).encode()
+    assert reference["size"] == len(masked)
+    assert reference["sha256"] == hashlib.sha256(masked).hexdigest()
+    assert base64.b64decode(reference["head_base64"]) == masked[:1024]
+    assert reference["source"] == {"redis_channel": server_name}
+    assert _TOKEN not in first.value.decode()
+    assert second.value == b"NOT_A_COMMAND 1"
+    assert dead_letters.HEADER_REFERENCE not in dict(second.headers)
+    assert (
+        run.sample(
+            "synkafka_dead_letters_total",
+            topic=topics.dlq_topic(prefix),
+            reason="parse",
+        )
+        == 2
+    )
 
 
 def test_mask_access_tokens() -> None:

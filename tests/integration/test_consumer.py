@@ -7,6 +7,9 @@ backfill from the database, the token rules, dead letters and backoff.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -21,6 +24,12 @@ import pytest
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import Producer as RawProducer
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+)
 
 from adapter import topics
 from adapter.backoff import Backoff
@@ -238,6 +247,37 @@ def test_duplicates_are_dropped_writers_are_separate_and_a_reset_stream_is_follo
             )
 
 
+def _dlq_records(
+    bootstrap: str, prefix: str, count: int
+) -> list[tuple[bytes | None, dict[str, bytes]]]:
+    """The first ``count`` dead letters, with their headers as a dict."""
+    dlq = KafkaConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{prefix}.dlq-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    dlq.assign([TopicPartition(topics.dlq_topic(prefix), 0, 0)])
+    found: list[tuple[bytes | None, dict[str, bytes]]] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            message = dlq.poll(0.5)
+            if message is not None and message.error() is None:
+                raw_headers = message.headers() or []
+                assert isinstance(raw_headers, list)
+                headers = {
+                    k: v.encode() if isinstance(v, str) else (v or b"")
+                    for k, v in raw_headers
+                }
+                found.append((message.value(), headers))
+    finally:
+        dlq.close()
+    assert len(found) == count, f"{len(found)} of {count} dead letters"
+    return found
+
+
 def test_undecodable_record_goes_to_the_dead_letter_topic_and_is_committed_past(
     kafka_bootstrap: str, prefix: str, publisher: Publisher
 ) -> None:
@@ -263,32 +303,120 @@ def test_undecodable_record_goes_to_the_dead_letter_topic_and_is_committed_past(
             ),
             what="the dead-letter metric",
         )
-    dlq = KafkaConsumer(
-        {
-            "bootstrap.servers": kafka_bootstrap,
-            "group.id": f"{prefix}.dlq-reader",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    dlq.assign([TopicPartition(topics.dlq_topic(prefix), 0, 0)])
-    message = dlq.poll(10)
-    assert message is not None
-    assert message.error() is None
-    raw_headers = message.headers() or []
-    assert isinstance(raw_headers, list)
-    headers = {
-        k: v.encode() if isinstance(v, str) else (v or b"") for k, v in raw_headers
-    }
+    ((value, headers),) = _dlq_records(kafka_bootstrap, prefix, 1)
     assert headers["dlq.topic"] == topic.encode()
     assert headers["dlq.partition"] == b"0"
     assert headers["dlq.offset"] == b"0"
     assert headers["dlq.reason"].startswith(b"decode")
-    assert message.value() == b"\xc3\x01garbage"
-    dlq.close()
+    assert value == b"\xc3\x01garbage"
     offsets = Admin(KafkaSettings(bootstrap_servers=kafka_bootstrap)).group_offsets(
         topics.consumer_group(prefix, "test-consumer")
     )
     assert offsets[(topic, 0)][0] == 2  # past the bad record and the good one
+
+
+def test_a_bad_record_too_large_for_the_dead_letter_topic_is_kept_as_a_reference(
+    kafka_bootstrap: str, prefix: str, publisher: Publisher
+) -> None:
+    ensure_topics(kafka_bootstrap, prefix, ["typing"])
+    topic = topics.stream_topic(prefix, "typing")
+    # The stream topic takes 4 MB records; the dead-letter producer keeps its 1 MB.
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    resource = ConfigResource(
+        "topic",
+        topic,
+        incremental_configs=[
+            ConfigEntry(
+                "max.message.bytes",
+                "4000000",
+                incremental_operation=AlterConfigOpType.SET,
+            )
+        ],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+    raw = RawProducer(
+        {"bootstrap.servers": kafka_bootstrap, "message.max.bytes": "4100000"}
+    )
+    huge = b"\xc3\x01" + bytes(range(256)) * 11_719  # 3,000,066 undecodable bytes
+    with ConsumerRun(kafka_bootstrap, prefix, ["typing"], None) as run:
+        run.wait_caught_up()
+        raw.produce(topic, huge, key=b"master")
+        raw.produce(topic, b"\xc3\x01small", key=b"master")
+        raw.flush(30)
+        publisher.publish_rdata(
+            "typing", "master", 1, [row_from_wire("typing", ["!r:test", []])]
+        )
+        publisher.flush()
+        wait_for(
+            lambda: run.recorder.tokens("typing") == [1],
+            what="the row after the bad ones",
+        )
+        wait_for(
+            lambda: (
+                run.sample("synkafka_dead_letters_total", topic=topic, reason="decode")
+                == 2
+            ),
+            what="both dead letters counted",
+        )
+        assert run.consumer.attempts == 1  # no restart over a dead letter
+    big, small = _dlq_records(kafka_bootstrap, prefix, 2)
+    big_value, big_headers = big
+    small_value, small_headers = small
+    assert big_headers["dlq.reference"] == b"1"
+    assert big_headers["dlq.offset"] == b"0"
+    assert big_value is not None
+    reference = json.loads(big_value)
+    assert reference["source"] == {"topic": topic, "partition": 0, "offset": 0}
+    assert reference["size"] == len(huge)
+    assert reference["sha256"] == hashlib.sha256(huge).hexdigest()
+    assert base64.b64decode(reference["head_base64"]) == huge[:1024]
+    assert reference["reason"].startswith("decode")
+    assert small_value == b"\xc3\x01small"
+    assert "dlq.reference" not in small_headers
+    assert small_headers["dlq.offset"] == b"1"
+    offsets = Admin(KafkaSettings(bootstrap_servers=kafka_bootstrap)).group_offsets(
+        topics.consumer_group(prefix, "test-consumer")
+    )
+    assert offsets[(topic, 0)][0] == 3  # past both bad records and the good one
+
+
+_SECRET_TOKEN = "syt_YWxpY2U_sEcReTsEcReT_1a2b3c"  # noqa: S105 (a made-up token)
+
+
+def _fail_with_a_token(update: Any) -> None:
+    raise RuntimeError(f"the homeserver refused {_SECRET_TOKEN} for {update.token}")
+
+
+def test_a_failing_handler_dead_letters_its_update_with_the_token_masked(
+    kafka_bootstrap: str, prefix: str, publisher: Publisher
+) -> None:
+    ensure_topics(kafka_bootstrap, prefix, ["typing"])
+    with ConsumerRun(
+        kafka_bootstrap,
+        prefix,
+        ["typing"],
+        None,
+        handler=_fail_with_a_token,
+        handler_policy="dead-letter",
+        handler_retries=1,
+    ) as run:
+        run.wait_caught_up()
+        publisher.publish_rdata(
+            "typing", "master", 1, [row_from_wire("typing", ["!r:test", []])]
+        )
+        publisher.flush()
+        wait_for(
+            lambda: run.sample("synkafka_dead_letters_total", reason="handler",
+                               topic=topics.stream_topic(prefix, "typing")) == 1,
+            what="the handler's dead letter",
+        )  # fmt: skip
+    ((value, headers),) = _dlq_records(kafka_bootstrap, prefix, 1)
+    assert value is not None
+    assert headers["dlq.reason"].startswith(b"handler failed 1 times: ")
+    assert b"syt_***" in headers["dlq.reason"]
+    assert _SECRET_TOKEN.encode() not in headers["dlq.reason"]
+    assert headers["token"] == b"1"
 
 
 def test_database_down_during_backfill_backs_off_then_succeeds(
