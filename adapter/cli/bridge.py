@@ -9,6 +9,11 @@ from typing import Annotated
 import typer
 
 from adapter.backoff import Backoff
+from adapter.bridged_presence import (
+    DEFAULT_BRIDGE_HEARTBEAT_MS,
+    DEFAULT_LIVE_WINDOW_MS,
+    DEFAULT_USER_SYNC_WINDOW_MS,
+)
 from adapter.cli._app import app
 from adapter.cli.common import (
     DbPasswordFileOpt,
@@ -89,6 +94,26 @@ def bridge(
         ),
     ] = "127.0.0.1",
     log_level: LogLevelOpt = "INFO",
+    presence_sync_window: Annotated[
+        float,
+        typer.Option(
+            "--presence-sync-window",
+            envvar="SYNKAFKA_PRESENCE_SYNC_WINDOW",
+            min=1.0,
+            help="Seconds a worker's USER_SYNC keeps it listed as syncing "
+            "(Synapse's writer: 300).",
+        ),
+    ] = DEFAULT_USER_SYNC_WINDOW_MS / 1000,
+    presence_row_window: Annotated[
+        float,
+        typer.Option(
+            "--presence-row-window",
+            envvar="SYNKAFKA_PRESENCE_ROW_WINDOW",
+            min=1.0,
+            help="Seconds a presence-stream row showing a user's recent sync keeps "
+            "that user's worker listed (rows come about once a minute).",
+        ),
+    ] = DEFAULT_LIVE_WINDOW_MS / 1000,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -121,6 +146,17 @@ def bridge(
     backoff = Backoff()
     dsn = db_dsn(db, db_password_file) if db else None
     failed = False
+    windows = {
+        "user_sync_window_ms": int(presence_sync_window * 1000),
+        "live_window_ms": int(presence_row_window * 1000),
+        "heartbeat_interval_ms": int(
+            min(
+                DEFAULT_BRIDGE_HEARTBEAT_MS,
+                presence_sync_window * 250,
+                presence_row_window * 250,
+            )
+        ),
+    }
     dead_letters = DeadLetterWriter(
         settings,
         resolved,
@@ -147,6 +183,7 @@ def bridge(
                     published=published,
                     presence=presence,
                     dead_letters=dead_letters,
+                    presence_windows=windows,
                 ).run(stop)
                 backoff.reset()
             except KafkaIOError as exc:

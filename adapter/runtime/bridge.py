@@ -9,10 +9,12 @@ For every line Synapse publishes on ``<server_name>`` and ``<server_name>/USER_I
 * ``POSITION``: published on the stream's topic and the positions topic;
 * ``USER_SYNC`` / ``CLEAR_USER_SYNC``: folded into each instance's syncing set, which is
   published whole on the compacted presence topic (a
-  :class:`~adapter.records.PresenceSnapshot`); the snapshot's heartbeat is the time
-  of the instance's last USER_SYNC, so a worker that stops talking expires as it
-  would in Synapse. A clear is published as the clear command itself, which the
-  presence view applies (and later tombstones);
+  :class:`~adapter.records.PresenceSnapshot`) and republished with a fresh heartbeat
+  while the instance is alive by the rules of
+  :class:`~adapter.bridged_presence.BridgedPresence` (its users' rows on the
+  ``presence`` stream are the sign of life; Synapse sends USER_SYNC only on edges).
+  An instance that is gone (cleared, or no sign of life) gets a tombstone; a clear is
+  also published as the clear command itself;
 * ``USER_IP``: to the user_ip topic. Its access token is never logged;
 * everything else: to the commands topic.
 
@@ -46,10 +48,12 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
+from adapter import topics
+from adapter.bridged_presence import BridgedPresence, Gone, Publish
 from adapter.commands import (
     ClearUserSyncsCommand,
     PositionCommand,
@@ -62,11 +66,12 @@ from adapter.kafka.producer import Producer
 from adapter.masking import mask_access_tokens, mask_user_ip_line
 from adapter.metrics import HistogramBatch, Metrics
 from adapter.ports import BackfillReader
-from adapter.records import PresenceSnapshot, SyncingDevice
+from adapter.records import PresenceSnapshot
 from adapter.redis_io import RedisMessage, ReplicationSubscriber
-from adapter.rows import Row
+from adapter.rows import PresenceRow, Row
 from adapter.runtime.consumer import GC_THRESHOLD
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
+from adapter.runtime.presence_view import TOMBSTONE_HEADER
 from adapter.runtime.progress import Progress, ProgressReporter
 from adapter.runtime.publisher import Publisher
 
@@ -83,12 +88,6 @@ _COUNTS_EVERY = 256
 
 #: How often the last RDATA token of each writer is recorded on the positions topic.
 DEFAULT_ANNOUNCE_INTERVAL_S: Final = 1.0
-
-
-@dataclass(slots=True)
-class _Instance:
-    # (user, device) -> last_sync_ms of its USER_SYNC start
-    syncing: dict[tuple[str, str | None], int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -132,6 +131,8 @@ class Bridge:
             them all; the histogram has buckets only).
         dead_letters: writes unparseable lines to the dead-letter topic and waits
             for each acknowledgement (a Redis line cannot be read again).
+        presence_windows: keyword arguments of
+            :class:`~adapter.bridged_presence.BridgedPresence` (tests shorten them).
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class Bridge:
         announce_interval_s: float = DEFAULT_ANNOUNCE_INTERVAL_S,
         on_lag: Callable[[float], None] | None = None,
         dead_letters: DeadLetterWriter,
+        presence_windows: Mapping[str, int] | None = None,
     ) -> None:
         self._subscriber = subscriber
         self._dead_letters = dead_letters
@@ -161,13 +163,10 @@ class Bridge:
         self._pending: dict[tuple[str, str], list[Row]] = {}
         # (stream, writer) keys not heard from since the last reconnect.
         self._suspect: set[tuple[str, str]] = set()
-        self._instances: dict[str, _Instance] = {
-            instance_id: _Instance(
-                {(d.user_id, d.device_id): d.last_sync_ms for d in snapshot.syncing}
-            )
-            for instance_id, snapshot in (presence or {}).items()
-        }
         self._now_ms = now_ms
+        self._presence = BridgedPresence(**(presence_windows or {}))
+        self._presence.seed(presence or {}, now_ms())
+        self._presence_topic = topics.presence_topic(prefix)
         self._announce_interval_s = announce_interval_s
         self.stats = BridgeStats()
         # Lines and commands are counted in plain dicts and added to the metrics
@@ -235,6 +234,7 @@ class Bridge:
                         self._publish_counts()
                 now = time.monotonic()
                 if now >= next_announce:
+                    self._apply_presence(self._presence.tick(self._now_ms()))
                     self._publisher.announce_positions()
                     producer.poll(0)
                     next_announce = now + self._announce_interval_s
@@ -301,9 +301,9 @@ class Bridge:
                 self._on_user_sync(command, message.received_s)
             else:
                 self._count_in(name, "")
-                if isinstance(command, ClearUserSyncsCommand):
-                    self._instances.pop(command.instance_id, None)
                 self._publisher.publish(command, received_s=message.received_s)
+                if isinstance(command, ClearUserSyncsCommand):
+                    self._apply_presence(self._presence.clear(command.instance_id))
         except EncodeError as exc:
             # Parsed, but a value does not fit its schema (a token beyond a long...).
             self._dead_letter(message, f"encode: {exc}")
@@ -345,6 +345,8 @@ class Bridge:
             )
         self._publisher.publish(command, received_s=received_s)
         self._published[key] = token
+        if command.stream_name == "presence":
+            self._on_presence_rows(command.rows)
 
     def _on_position(self, command: PositionCommand, received_s: float) -> None:
         key = (command.stream_name, command.instance_name)
@@ -443,25 +445,47 @@ class Bridge:
             self._reader = None
 
     def _on_user_sync(self, command: UserSyncCommand, received_s: float) -> None:
-        instance = self._instances.setdefault(command.instance_id, _Instance())
-        device = (command.user_id, command.device_id)
-        if command.is_syncing:
-            instance.syncing.setdefault(device, command.last_sync_ms)
-        else:
-            instance.syncing.pop(device, None)
-        snapshot = PresenceSnapshot(
-            instance_id=command.instance_id,
-            instance_name="",
-            heartbeat_ms=self._now_ms(),
-            syncing=tuple(
-                SyncingDevice(user, dev, since)
-                for (user, dev), since in sorted(
-                    instance.syncing.items(),
-                    key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or ""),
-                )
-            ),
+        actions = self._presence.user_sync(
+            command.instance_id,
+            command.user_id,
+            command.device_id,
+            is_syncing=command.is_syncing,
+            since_ms=command.last_sync_ms,
+            now_ms=self._now_ms(),
         )
-        self._publisher.publish(snapshot, received_s=received_s)
+        self._apply_presence(actions, received_s)
+
+    def _on_presence_rows(self, rows: Sequence[Row]) -> None:
+        """The presence writer's rows: liveness evidence, or users gone offline."""
+        now_ms = self._now_ms()
+        for row in rows:
+            if isinstance(row, PresenceRow):
+                self._apply_presence(
+                    self._presence.presence_row(
+                        row.user_id, row.state, row.last_user_sync_ts, now_ms
+                    )
+                )
+
+    def _apply_presence(
+        self, actions: Sequence[Publish | Gone], received_s: float | None = None
+    ) -> None:
+        for action in actions:
+            if isinstance(action, Publish):
+                self._publisher.publish(action.snapshot, received_s=received_s)
+            else:
+                # A bridged Synapse has no presence writer of ours: the bridge
+                # removes the key itself, so readers drop it at once and compaction
+                # forgets it.
+                logger.info(
+                    "presence instance %s left (%s)", action.instance_id, action.reason
+                )
+                self._producer.produce(
+                    self._presence_topic,
+                    None,
+                    key=topics.presence_key(action.instance_id),
+                    headers=[(topics.HEADER_COMMAND, TOMBSTONE_HEADER)],
+                )
+                self._metrics.presence_published.labels("tombstone").inc()
 
     def _dead_letter(self, message: RedisMessage, reason: str) -> None:
         self.stats.parse_failures += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +86,7 @@ class BridgeRun:
         prefix: the topic prefix.
         dsn: Synapse's database for gap repair, or None.
         published: the seed of already published tokens.
+        presence_windows: the bridge's presence windows (shortened in tests).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class BridgeRun:
         *,
         dsn: str | None = None,
         published: dict[tuple[str, str], int] | None = None,
+        presence_windows: dict[str, int] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -113,6 +117,7 @@ class BridgeRun:
             metrics=self.metrics,
             open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
             published=published,
+            presence_windows=presence_windows,
             dead_letters=DeadLetterWriter(
                 KafkaSettings(bootstrap_servers=bootstrap),
                 prefix,
@@ -641,11 +646,107 @@ def test_clear_user_sync_clears_the_instance(
                 (server_name, "CLEAR_USER_SYNC abcde"),
             ],
         )
-        _wait_records(kafka_bootstrap, topics.presence_topic(prefix), 4, "presence")
-    values = decoded(read_topic(kafka_bootstrap, topics.presence_topic(prefix)))
+        _wait_records(kafka_bootstrap, topics.presence_topic(prefix), 5, "presence")
+    records = read_topic(kafka_bootstrap, topics.presence_topic(prefix))
+    values = decoded(records[:4])
     assert [len(v.syncing) for v in values[:3]] == [1, 2, 1]
     assert values[2].syncing[0].user_id == "@b:x"
     assert values[3] == ClearUserSyncsCommand("abcde")
+    # Nothing else writes tombstones in a bridged deployment: the bridge does.
+    assert records[4].key == b"abcde"
+    assert records[4].value is None
+
+
+def _presence_row(user: str, state: str, last_sync_ms: int, token: int) -> str:
+    row = [user, state, last_sync_ms, 0, last_sync_ms, None, state == "online"]
+    return f"RDATA presence master {token} {json.dumps(row)}"
+
+
+def test_presence_rows_keep_a_quiet_instance_alive_and_their_end_removes_it(
+    redis_url: str,
+    kafka_bootstrap: str,
+    prefix: str,
+    server_name: str,
+    publisher: redis.Redis,
+) -> None:
+    # Windows scaled down 100x from the defaults (120 s, 300 s, 10 s).
+    windows = {
+        "live_window_ms": 1200,
+        "user_sync_window_ms": 3000,
+        "heartbeat_interval_ms": 100,
+    }
+    topic = topics.presence_topic(prefix)
+    with BridgeRun(
+        redis_url, server_name, kafka_bootstrap, prefix, presence_windows=windows
+    ) as run:
+        _publish(
+            publisher,
+            [
+                (server_name, "USER_SYNC quiet @a:x DEV start 1000"),
+                (server_name, "USER_SYNC other @b:x DEV start 1000"),
+            ],
+        )
+        # @a keeps syncing as Synapse shows it: a presence row every 600 ms (scaled
+        # from 60 s), with a last_user_sync_ts a little old; nothing on Redis else.
+        started = time.monotonic()
+        token = 1
+        while time.monotonic() - started < 6.0:  # twice the USER_SYNC window
+            now_ms = int(time.time() * 1000)
+            _publish(
+                publisher,
+                [(server_name, _presence_row("@a:x", "online", now_ms - 130, token))],
+            )
+            token += 1
+            run.stop_event.wait(0.6)
+        last_row_s = time.monotonic()
+        # @b's worker said nothing after its start: gone after the USER_SYNC window.
+        records = read_topic(kafka_bootstrap, topic)
+        assert [r.key for r in records if r.value is None] == [b"other"]
+        # ...while "quiet" was republished at every tick of the bridge (1 s).
+        beats = [
+            decoded([r])[0].heartbeat_ms
+            for r in records
+            if r.key == b"quiet" and r.value
+        ]
+        assert len(beats) >= 5
+        assert max(b - a for a, b in itertools.pairwise(beats)) < 1600
+        # Its user's rows stop (the worker died): it leaves within the live window.
+        wait_for(
+            lambda: any(
+                r.key == b"quiet" and r.value is None
+                for r in read_topic(kafka_bootstrap, topic)
+            ),
+            10,
+            "the tombstone of the quiet instance",
+        )
+        gone_after = time.monotonic() - last_row_s
+    assert 0.6 < gone_after < 1.2 + 0.6 + 1.5  # window, last row age, tick and reads
+
+
+def test_an_offline_presence_row_removes_the_user_at_once(
+    redis_url: str,
+    kafka_bootstrap: str,
+    prefix: str,
+    server_name: str,
+    publisher: redis.Redis,
+) -> None:
+    topic = topics.presence_topic(prefix)
+    with BridgeRun(redis_url, server_name, kafka_bootstrap, prefix):
+        _publish(
+            publisher,
+            [
+                (server_name, "USER_SYNC inst1 @a:x DEV start 1000"),
+                (server_name, "USER_SYNC inst1 @b:x DEV start 1000"),
+                (server_name, _presence_row("@a:x", "offline", 1000, 1)),
+            ],
+        )
+        _wait_records(kafka_bootstrap, topic, 3, "three snapshots")
+    values = decoded(read_topic(kafka_bootstrap, topic)[:3])
+    assert [[d.user_id for d in v.syncing] for v in values] == [
+        ["@a:x"],
+        ["@a:x", "@b:x"],
+        ["@b:x"],
+    ]
 
 
 # --- the CLI ----------------------------------------------------------------------------
