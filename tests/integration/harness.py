@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from adapter import topics
@@ -202,3 +204,34 @@ class ConsumerRun:
 def open_db(dsn: str) -> DbConnection:
     """A connection to the test database."""
     return connect(dsn)
+
+
+def dead_letter_records(
+    bootstrap: str, prefix: str, count: int
+) -> list[tuple[bytes | None, dict[str, bytes]]]:
+    """The first ``count`` dead letters of ``prefix``: (value, headers as a dict)."""
+    dlq = KafkaConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{prefix}.dlq-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    dlq.assign([TopicPartition(topics.dlq_topic(prefix), 0, 0)])
+    found: list[tuple[bytes | None, dict[str, bytes]]] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            message = dlq.poll(0.5)
+            if message is not None and message.error() is None:
+                raw_headers = message.headers() or []
+                assert isinstance(raw_headers, list)
+                headers = {
+                    k: v.encode() if isinstance(v, str) else (v or b"")
+                    for k, v in raw_headers
+                }
+                found.append((message.value(), headers))
+    finally:
+        dlq.close()
+    assert len(found) == count, f"{len(found)} of {count} dead letters"
+    return found

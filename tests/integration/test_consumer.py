@@ -47,6 +47,7 @@ from adapter.runtime.lag import LagRow, measure_lag
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ConsumerRun,
+    dead_letter_records,
     ensure_topics,
     json_lines,
     make_database,
@@ -247,37 +248,6 @@ def test_duplicates_are_dropped_writers_are_separate_and_a_reset_stream_is_follo
             )
 
 
-def _dlq_records(
-    bootstrap: str, prefix: str, count: int
-) -> list[tuple[bytes | None, dict[str, bytes]]]:
-    """The first ``count`` dead letters, with their headers as a dict."""
-    dlq = KafkaConsumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"{prefix}.dlq-reader",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    dlq.assign([TopicPartition(topics.dlq_topic(prefix), 0, 0)])
-    found: list[tuple[bytes | None, dict[str, bytes]]] = []
-    deadline = time.monotonic() + 20
-    try:
-        while len(found) < count and time.monotonic() < deadline:
-            message = dlq.poll(0.5)
-            if message is not None and message.error() is None:
-                raw_headers = message.headers() or []
-                assert isinstance(raw_headers, list)
-                headers = {
-                    k: v.encode() if isinstance(v, str) else (v or b"")
-                    for k, v in raw_headers
-                }
-                found.append((message.value(), headers))
-    finally:
-        dlq.close()
-    assert len(found) == count, f"{len(found)} of {count} dead letters"
-    return found
-
-
 def test_undecodable_record_goes_to_the_dead_letter_topic_and_is_committed_past(
     kafka_bootstrap: str, prefix: str, publisher: Publisher
 ) -> None:
@@ -303,7 +273,7 @@ def test_undecodable_record_goes_to_the_dead_letter_topic_and_is_committed_past(
             ),
             what="the dead-letter metric",
         )
-    ((value, headers),) = _dlq_records(kafka_bootstrap, prefix, 1)
+    ((value, headers),) = dead_letter_records(kafka_bootstrap, prefix, 1)
     assert headers["dlq.topic"] == topic.encode()
     assert headers["dlq.partition"] == b"0"
     assert headers["dlq.offset"] == b"0"
@@ -360,7 +330,7 @@ def test_a_bad_record_too_large_for_the_dead_letter_topic_is_kept_as_a_reference
             what="both dead letters counted",
         )
         assert run.consumer.attempts == 1  # no restart over a dead letter
-    big, small = _dlq_records(kafka_bootstrap, prefix, 2)
+    big, small = dead_letter_records(kafka_bootstrap, prefix, 2)
     big_value, big_headers = big
     small_value, small_headers = small
     assert big_headers["dlq.reference"] == b"1"
@@ -411,7 +381,7 @@ def test_a_failing_handler_dead_letters_its_update_with_the_token_masked(
                                topic=topics.stream_topic(prefix, "typing")) == 1,
             what="the handler's dead letter",
         )  # fmt: skip
-    ((value, headers),) = _dlq_records(kafka_bootstrap, prefix, 1)
+    ((value, headers),) = dead_letter_records(kafka_bootstrap, prefix, 1)
     assert value is not None
     assert headers["dlq.reason"].startswith(b"handler failed 1 times: ")
     assert b"syt_***" in headers["dlq.reason"]

@@ -1,0 +1,231 @@
+"""Bad input, table-driven, against the real broker and Redis: nothing is dropped.
+
+Each table row is one kind of bad input found when synkafka was attacked on purpose
+(garbage records of every shape and size on a stream topic, malformed Redis lines).
+Every row must end up on the dead-letter topic, in order, with its reason; the good
+record after them must still be delivered; and the consumer's committed offset must
+be past all of them only once they are there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+from confluent_kafka import Producer as RawProducer
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+)
+
+from adapter import topics
+from adapter.codec import MAGIC, encode
+from adapter.commands import RdataCommand
+from adapter.config import KafkaSettings
+from adapter.kafka.admin import Admin
+from adapter.kafka.producer import Producer
+from adapter.rows import row_from_wire
+from adapter.runtime.publisher import Publisher
+from tests.integration.harness import (
+    ConsumerRun,
+    dead_letter_records,
+    ensure_topics,
+    wait_for,
+)
+from tests.integration.test_bridge import BridgeRun, read_topic
+
+TOKEN = "syt_YmFk_InPuTsEcReT_9z8y7x"  # noqa: S105 (made up; must never show)
+
+
+@pytest.fixture
+def prefix(unique_name: str) -> str:
+    return f"bad.{unique_name}"
+
+
+@pytest.fixture
+def publisher(kafka_bootstrap: str, prefix: str) -> Publisher:
+    return Publisher(Producer(KafkaSettings(bootstrap_servers=kafka_bootstrap)), prefix)
+
+
+@pytest.fixture
+def raw_producer(kafka_bootstrap: str) -> Iterator[Callable[[str, bytes], None]]:
+    """Puts values on a topic as they are, acknowledged (4 MB allowed)."""
+    client = RawProducer(
+        {"bootstrap.servers": kafka_bootstrap, "message.max.bytes": "4100000"}
+    )
+
+    def put(topic: str, value: bytes) -> None:
+        client.produce(topic, value, key=b"master")
+        assert client.flush(30) == 0
+
+    yield put
+    client.flush(10)
+
+
+def _rdata_for(stream: str, wire_row: list[object]) -> bytes:
+    return encode(RdataCommand(stream, "master", 7, (row_from_wire(stream, wire_row),)))
+
+
+def _allow_large_records(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    entry = ConfigEntry(
+        "max.message.bytes", "4000000", incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource("topic", topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A value put straight on the ``typing`` stream topic."""
+
+    kind: str
+    value: bytes
+    reason: str  # the start of its dlq.reason
+    reference: bool = False  # too large: stored as a reference record
+
+
+_VALID = _rdata_for("typing", ["!r:test", ["@u:test"]])
+
+BAD_RECORDS = [
+    BadRecord("random bytes", b"\x00\x17garbage\xff" * 5, "decode"),
+    BadRecord("empty value", b"", "decode"),
+    BadRecord("magic only", MAGIC, "decode"),
+    BadRecord("unknown schema fingerprint", MAGIC + b"\x01" * 8 + b"\x02", "decode"),
+    BadRecord("truncated body", _VALID[: len(_VALID) - 3], "decode"),
+    BadRecord("trailing bytes", _VALID + b"\x00\x00", "decode"),
+    BadRecord("JSON instead of Avro", json.dumps({"token": 1}).encode(), "decode"),
+    BadRecord(
+        "RDATA of another stream",
+        _rdata_for("receipts", ["!r:test", "m.read", "@u:test", "$e", None, {}]),
+        "RDATA for another stream",
+    ),
+    BadRecord(
+        "3 MB of garbage", b"\xc3\x01" + bytes(range(256)) * 11_719, "decode", True
+    ),
+    BadRecord("token in a garbage record", f"x {TOKEN} y".encode(), "decode"),
+]
+
+
+def test_every_kind_of_bad_record_reaches_the_dead_letter_topic(
+    kafka_bootstrap: str,
+    prefix: str,
+    publisher: Publisher,
+    raw_producer: Callable[[str, bytes], None],
+) -> None:
+    ensure_topics(kafka_bootstrap, prefix, ["typing"])
+    topic = topics.stream_topic(prefix, "typing")
+    _allow_large_records(kafka_bootstrap, topic)
+    with ConsumerRun(kafka_bootstrap, prefix, ["typing"], None) as run:
+        run.wait_caught_up()
+        for bad in BAD_RECORDS:
+            raw_producer(topic, bad.value)
+        publisher.publish_rdata(
+            "typing", "master", 1, [row_from_wire("typing", ["!r:test", []])]
+        )
+        publisher.flush()
+        wait_for(
+            lambda: run.recorder.tokens("typing") == [1], what="the good record after"
+        )
+        assert run.consumer.attempts == 1  # never restarted over a bad record
+    letters = dead_letter_records(kafka_bootstrap, prefix, len(BAD_RECORDS))
+    for offset, (bad, (value, headers)) in enumerate(
+        zip(BAD_RECORDS, letters, strict=True)
+    ):
+        assert headers["dlq.offset"] == str(offset).encode(), bad.kind
+        assert headers["dlq.reason"].decode().startswith(bad.reason), bad.kind
+        assert TOKEN.encode() not in headers["dlq.reason"], bad.kind
+        if bad.reference:
+            assert headers["dlq.reference"] == b"1", bad.kind
+            assert value is not None
+            assert json.loads(value)["size"] == len(bad.value), bad.kind
+        else:
+            assert value == bad.value, bad.kind
+    committed = Admin(KafkaSettings(bootstrap_servers=kafka_bootstrap)).group_offsets(
+        topics.consumer_group(prefix, "test-consumer")
+    )
+    assert committed[(topic, 0)][0] == len(BAD_RECORDS) + 1
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line published on the homeserver's Redis channel (or its USER_IP channel)."""
+
+    kind: str
+    line: bytes
+    user_ip: bool = False
+    reference: bool = False
+
+
+BAD_LINES = [
+    BadLine("unknown command", b"NOT_A_COMMAND 1 2"),
+    BadLine("RDATA with too few fields", b"RDATA events master"),
+    BadLine("RDATA with a word for a token", b'RDATA typing master seven ["!r:x",[]]'),
+    # BadLine("RDATA with a negative token", b'RDATA typing master -3 ["!r:x",[]]'),
+    BadLine("RDATA of an unknown stream", b'RDATA no_such master 3 ["x"]'),
+    BadLine("RDATA with broken JSON", b'RDATA typing master 3 ["!r:x",'),
+    BadLine("RDATA row of the wrong shape", b'RDATA typing master 3 {"room": 1}'),
+    BadLine("POSITION with a word", b"POSITION events master one 2"),
+    BadLine("JSON nested 100,000 deep", b"RDATA typing master 3 " + b"[" * 100_000),
+    BadLine("not UTF-8", b"RDATA typing master 3 \xff\xfe\xfd"),
+    BadLine("a token in a bad line", f"BOGUS {TOKEN}".encode()),
+    BadLine(
+        "USER_IP with four fields",
+        f'USER_IP @u:x ["{TOKEN}","127.0.0.1","ua","DEV"]'.encode(),
+        user_ip=True,
+    ),
+    BadLine("3 MB line", b"BOGUS " + b"x" * 3_000_000, reference=True),
+]
+
+
+def test_every_kind_of_bad_line_reaches_the_dead_letter_topic(
+    redis_url: str, kafka_bootstrap: str, prefix: str, unique_name: str
+) -> None:
+    server_name = f"{unique_name}.test"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with BridgeRun(redis_url, server_name, kafka_bootstrap, prefix) as run:
+            for bad in BAD_LINES:
+                channel = f"{server_name}/USER_IP" if bad.user_ip else server_name
+                client.publish(channel, bad.line)
+            client.publish(server_name, b'RDATA typing master 9 ["!r:x",[]]')
+            wait_for(
+                lambda: (
+                    len(read_topic(kafka_bootstrap, topics.dlq_topic(prefix)))
+                    >= len(BAD_LINES)
+                ),
+                30,
+                "every bad line on the dead-letter topic",
+            )
+            wait_for(
+                lambda: read_topic(
+                    kafka_bootstrap, topics.stream_topic(prefix, "typing")
+                ),
+                30,
+                "the good line after them",
+            )
+        assert run.error is None
+        assert run.bridge.stats.parse_failures == len(BAD_LINES)
+    finally:
+        client.close()
+    letters = read_topic(kafka_bootstrap, topics.dlq_topic(prefix))
+    assert len(letters) == len(BAD_LINES)
+    for bad, record in zip(BAD_LINES, letters, strict=True):
+        headers = dict(record.headers)
+        assert record.value is not None, bad.kind
+        assert TOKEN.encode() not in record.value, bad.kind
+        assert all(TOKEN.encode() not in v for v in headers.values()), bad.kind
+        assert headers[topics.HEADER_DLQ_REASON], bad.kind
+        if bad.reference:
+            assert headers["dlq.reference"] == b"1", bad.kind
+        elif not bad.user_ip and TOKEN.encode() not in bad.line:
+            # Kept as it was, bad bytes shown as U+FFFD.
+            assert record.value == bad.line.decode("utf-8", "replace").encode(), (
+                bad.kind
+            )
