@@ -204,8 +204,8 @@ def test_every_kind_of_bad_line_reaches_the_dead_letter_topic(
                 "every bad line on the dead-letter topic",
             )
             wait_for(
-                lambda: read_topic(
-                    kafka_bootstrap, topics.stream_topic(prefix, "typing")
+                lambda: bool(
+                    read_topic(kafka_bootstrap, topics.stream_topic(prefix, "typing"))
                 ),
                 30,
                 "the good line after them",
