@@ -80,6 +80,17 @@ def consume(
             "earliest: replay what Kafka holds.",
         ),
     ] = "committed",
+    catch_up: Annotated[
+        str,
+        typer.Option(
+            "--catch-up",
+            help="How a resumed consumer with --db reads what it missed. database: "
+            "the latest state from the database, as Synapse does (updates the "
+            "database replaced or deleted meanwhile are not delivered); kafka: every "
+            "update Kafka holds from the committed offset, and from the database only "
+            "the tokens Kafka lacks.",
+        ),
+    ] = "database",
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write JSON lines here instead of stdout."),
@@ -132,6 +143,8 @@ def consume(
     instance_name = instance_name or f"consumer-{socket.gethostname()}"
     if start_from not in ("committed", "latest", "earliest"):
         raise ConfigError("--from must be committed, latest or earliest")
+    if catch_up not in ("kafka", "database"):
+        raise ConfigError("--catch-up must be kafka or database")
     if on_handler_error not in ("stop", "dead-letter"):
         raise ConfigError("--on-handler-error must be stop or dead-letter")
     streams = tuple(stream or STREAM_NAMES)
@@ -152,6 +165,7 @@ def consume(
         instance_name=instance_name,
         streams=streams,
         start_from=_start_from(start_from),
+        catch_up="kafka" if catch_up == "kafka" else "database",
         commit_interval_s=commit_interval,
         handler_policy="dead-letter" if on_handler_error == "dead-letter" else "stop",
     )
