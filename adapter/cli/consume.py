@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated
+from typing import Annotated
 
 import typer
 
@@ -152,13 +152,13 @@ def consume(
     if unknown:
         raise ConfigError(f"unknown stream(s): {', '.join(unknown)}")
     settings = kafka
-    out_file: IO[str] | None = None
     sink: Handler
+    json_sink: JsonLinesSink | None = None
     if handler is not None:
         sink = load_handler(handler)
     else:
-        out_file = output.open("a", encoding="utf-8") if output else None
-        sink = JsonLinesSink(out_file or sys.stdout)
+        json_sink = JsonLinesSink.open(output) if output else JsonLinesSink(sys.stdout)
+        sink = json_sink
     metrics = default_metrics()
     options = ConsumerOptions(
         prefix=resolve_prefix(prefix, server_name),
@@ -176,6 +176,7 @@ def consume(
         sink,
         open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
         metrics=metrics,
+        before_commit=json_sink.sync if json_sink is not None else None,
     )
     stop = threading.Event()
     install_stop_signals(stop)
@@ -200,8 +201,8 @@ def consume(
             reporter.stop()
         if server is not None:
             server.stop()
-        if out_file is not None:
-            out_file.close()
+        if json_sink is not None:
+            json_sink.close()
 
 
 def _start_from(value: str) -> StartFrom:

@@ -45,7 +45,13 @@ from adapter.catchup import (
 from adapter.codec import decode_update
 from adapter.commands import PositionCommand, RdataCommand
 from adapter.config import KafkaSettings
-from adapter.errors import AdapterError, BackfillError, DecodeError, KafkaIOError
+from adapter.errors import (
+    AdapterError,
+    BackfillError,
+    DecodeError,
+    KafkaIOError,
+    SinkError,
+)
 from adapter.kafka.consumer import (
     BEGINNING,
     Committed,
@@ -204,6 +210,10 @@ class ReplicationConsumer:
         handlers: one handler per stream name, or one for every stream.
         open_reader: opens a database reader for backfill; None without a database.
         metrics: where to report.
+        backoff: the reconnect backoff.
+        before_commit: called before every commit, after the finished work is read:
+            makes the handlers' output durable (``JsonLinesSink.sync``). If it
+            raises, nothing is committed.
         clock: monotonic seconds (tests may pass a fake).
     """
 
@@ -216,6 +226,7 @@ class ReplicationConsumer:
         open_reader: Callable[[], BackfillReader] | None,
         metrics: Metrics,
         backoff: Backoff | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         if not options.streams:
             raise AdapterError("no streams to follow")
@@ -225,6 +236,7 @@ class ReplicationConsumer:
         self._open_reader = open_reader
         self._metrics = metrics
         self._backoff = backoff or Backoff()
+        self._before_commit = before_commit
         self._streams: dict[str, _StreamState] = {}
         self._by_topic: dict[str, _StreamState] = {}
         self._lock = threading.Lock()
@@ -831,6 +843,8 @@ class ReplicationConsumer:
                     continue
                 offsets.append(Committed(state.topic, p, offset, metadata))
         if offsets:
+            if self._before_commit is not None:
+                self._before_commit()
             consumer.commit(offsets)
             for c in offsets:
                 self._committed[(c.topic, c.partition)] = (
@@ -875,7 +889,7 @@ class ReplicationConsumer:
                 )
         try:
             self._commit(consumer)
-        except KafkaIOError as exc:
+        except (KafkaIOError, SinkError) as exc:
             logger.warning("final commit failed: %s", exc)
         finally:
             consumer.close()
