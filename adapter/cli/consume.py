@@ -53,7 +53,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 @app.command()
 @with_kafka_options
 def consume(
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     instance_name: InstanceOpt = "",
     stream: Annotated[

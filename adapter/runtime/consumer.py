@@ -343,6 +343,7 @@ class ReplicationConsumer:
         )
         reader: BackfillReader | None = None
         worker_stop = threading.Event()
+        stopped = False
         try:
             reader = self._open_reader() if self._open_reader is not None else None
             tracker = self._set_up(consumer, reader, worker_stop)
@@ -350,10 +351,13 @@ class ReplicationConsumer:
                 reader.close()
                 reader = None
             self._loop(consumer, tracker, stop)
+            stopped = True
         finally:
             if reader is not None:
                 reader.close()
-            self._shut_down(consumer, worker_stop)
+            self._shut_down(consumer, worker_stop, stopped=stopped)
+        # A handler that failed while the queued work drained.
+        self._check_workers()
 
     def _handler_for(self, stream: str) -> Handler | None:
         handlers = self._handlers
@@ -376,7 +380,7 @@ class ReplicationConsumer:
             partitions = consumer.partitions(topic)
             if not partitions:
                 raise KafkaIOError(
-                    f"topic {topic} does not exist; run `synkafka topics ensure` first",
+                    topics.missing_topic_message(topic, opts.prefix),
                     code="_UNKNOWN_TOPIC",
                     retriable=True,
                 )
@@ -875,8 +879,13 @@ class ReplicationConsumer:
             all_up = all_up and up
         return all_up
 
-    def _shut_down(self, consumer: Consumer, worker_stop: threading.Event) -> None:
-        """Finish in-flight handlers, commit what finished, close."""
+    def _shut_down(
+        self, consumer: Consumer, worker_stop: threading.Event, *, stopped: bool
+    ) -> None:
+        """Finish in-flight handlers, commit what finished, close.
+
+        ``stopped``: a requested stop (not a failure); its final commit is logged.
+        """
         timeout = self._options.shutdown_timeout_s
         failed = any(s.worker.failure is not None for s in self._streams.values())
         if failed:
@@ -889,12 +898,30 @@ class ReplicationConsumer:
                 )
         try:
             self._commit(consumer)
+            if stopped and not any(
+                s.worker.failure is not None for s in self._streams.values()
+            ):
+                logger.info("stopped; committed %s", self._commit_summary())
         except (KafkaIOError, SinkError) as exc:
             logger.warning("final commit failed: %s", exc)
         finally:
             consumer.close()
             if self._dlq_producer is not None:
                 self._dlq_producer.close()
+
+    def _commit_summary(self) -> str:
+        """What the group's commits now hold, per stream: offsets and tokens."""
+        parts = []
+        for state in self._streams.values():
+            _, tokens = state.worker.progress()
+            offsets = ", ".join(
+                f"[{p}]@{offset}" if offset >= 0 else f"[{p}] unchanged"
+                for p in state.partitions
+                for offset in (self._committed.get((state.topic, p), (-1, ""))[0],)
+            )
+            writers = ", ".join(f"{w}={t}" for w, t in sorted(tokens.items()))
+            parts.append(f"{state.name} {offsets} ({writers or 'no writers'})")
+        return "; ".join(parts) or "nothing"
 
     # -- dead letters and statistics ------------------------------------------------
 
