@@ -93,7 +93,12 @@ def consume(
     ] = "database",
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write JSON lines here instead of stdout."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Append JSON lines to this file instead of stdout; a regular file is "
+            "resumed exactly once (a line cut by a kill is removed).",
+        ),
     ] = None,
     handler: Annotated[
         str | None,
@@ -134,10 +139,11 @@ def consume(
     *,
     kafka: KafkaSettings,
 ) -> None:
-    """Follow replication streams and hand every new row to a handler exactly once.
+    """Follow replication streams and hand every new row to a handler.
 
-    Resumes from the committed POSITION and backfills the gap from the database. Rows go to stdout as JSON lines unless --output or --handler says otherwise.
-    SIGTERM or Ctrl-C finishes in-flight handlers, commits and exits 0.
+    Resumes from the committed POSITION; with --db, reads what it missed as --catch-up says. Rows go to stdout as JSON lines unless --output or --handler says otherwise.
+    Delivery: a regular --output file holds each update (stream, writer, token) once, also after crashes. stdout and --handler are at least once: after a crash the updates after the last commit come again, so key a handler on (stream, writer, token).
+    SIGTERM or Ctrl-C finishes in-flight handlers, commits, logs what it committed and exits 0.
     """
     setup_logging(log_level)
     instance_name = instance_name or f"consumer-{socket.gethostname()}"

@@ -7,9 +7,11 @@ The algorithm (DESIGN.md, "Consumer"), step by step:
 2. **Pin the head.** Note every partition's high watermark *before* reading the
    database positions: a writer persists a row before it publishes it, so every record
    below the pinned head has a token at or below the positions read afterwards.
-3. **Backfill.** For each writer behind its database position, read the missing rows
+3. **Catch up** as :func:`adapter.catchup.plan_stream_start` decides. ``database``
+   (default): for each writer behind its database position, read the missing rows
    from the database (not by replaying old Kafka records) in the stream's worker, in
-   token order, before any live record of that stream.
+   token order, before any live record of that stream. ``kafka``: replay Kafka from
+   the committed offset and read from the database only what Kafka lacks.
 4. **Live.** Consume from the pinned head and let :class:`PositionTracker` decide:
    duplicates are dropped, a POSITION past our token triggers a backfill, a reset
    stream is followed.
