@@ -38,6 +38,7 @@ __all__ = [
     "PositionError",
     "SchemaError",
     "ServiceError",
+    "SinkError",
     "UnknownCommandError",
     "UnknownStreamDecodeError",
     "UnknownStreamError",
@@ -135,3 +136,11 @@ class BackfillError(AdapterError):
     def __init__(self, message: str, *, retriable: bool = True) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class SinkError(AdapterError):
+    """A built-in sink cannot write its output (disk full, a closed pipe, ...).
+
+    Not retried and never dead-lettered: the consumer stops without committing past
+    the update that was not written.
+    """

@@ -33,6 +33,12 @@ reads a database, a clock or a socket.
   matrix-org/synapse#16473), never at 0, which would mean a full table scan. See
   :meth:`PositionTracker.observe_position` and
   :meth:`PositionTracker.observe_rdata` for the cases.
+* **Rule 5b: a writer whose records Kafka may have lost is checked** (a consumer
+  replaying Kafka from a committed offset that retention has since deleted,
+  :meth:`PositionTracker.seed_unverified`). Its first record decides: an RDATA above
+  ``token + 1`` gives a :class:`Backfill` of the tokens before it, a POSITION goes
+  through Rule 3. A writer with no record at all is settled by the runtime at the
+  pinned head (:meth:`PositionTracker.settle_unverified`).
 * **Rule 6: commit metadata is the consumer's POSITION.** :func:`encode_commit_metadata`
   packs the token map into the string Kafka stores next to a committed offset.
 
@@ -237,6 +243,10 @@ class PositionTracker:
         self._tokens: dict[str, dict[str, int]] = {}
         # (stream, writer) -> to_token of the outstanding backfill.
         self._backfills: dict[StreamWriter, int] = {}
+        # (stream, writer) -> token of a writer whose next record is checked for a
+        # gap (Rule 5b). Kept out of _tokens so the hot path (try_apply_rdata) sees an
+        # unknown writer and sends its first record through observe_rdata.
+        self._unverified: dict[StreamWriter, int] = {}
         for (stream, writer), token in (tokens or {}).items():
             self.seed(stream, writer, token)
 
@@ -258,7 +268,55 @@ class PositionTracker:
         """
         _check_token("token", token)
         self._refuse_during_backfill(stream, writer)
+        self._unverified.pop((stream, writer), None)
         self._tokens.setdefault(stream, {})[writer] = token
+
+    def seed_unverified(self, stream: str, writer: str, token: int) -> None:
+        """Set a writer's token and check its next record for a gap (Rule 5b).
+
+        For a consumer that replays Kafka from a committed offset whose records
+        retention deleted: the writer's records right after ``token`` may be gone.
+        Its first RDATA above ``token + 1`` then gives a :class:`Backfill` of
+        ``(token, rdata_token - 1]`` (the record itself is applied after it), and its
+        first POSITION is judged by Rule 3 from ``token``. Tokens of one writer need
+        not be consecutive (writers of a stream share one sequence), so a backfill
+        that finds no rows is the price of not knowing.
+
+        Raises:
+            PositionError: the token is not an int, or a backfill of this writer is
+                outstanding.
+        """
+        _check_token("token", token)
+        self._refuse_during_backfill(stream, writer)
+        self._tokens.get(stream, {}).pop(writer, None)
+        self._unverified[stream, writer] = token
+
+    def unverified(self, stream: str) -> dict[str, int]:
+        """The writers of ``stream`` still waiting for their first record (Rule 5b)."""
+        return {w: t for (s, w), t in self._unverified.items() if s == stream}
+
+    def settle_unverified(
+        self, stream: str, writer: str, position: int
+    ) -> Backfill | None:
+        """Settle a writer that had no record on Kafka up to the pinned head.
+
+        Every record below the pinned head is at or below the database position read
+        after pinning it; a writer with none of them has lost ``(token, position]``
+        to retention (or never published it). Returns that :class:`Backfill`, or None
+        when nothing is missing; either way the writer is known from now on.
+
+        Raises:
+            PositionError: the writer is not waiting (see :meth:`seed_unverified`).
+        """
+        _check_token("position", position)
+        token = self._unverified.pop((stream, writer), None)
+        if token is None:
+            raise PositionError(f"{stream}/{writer}: not waiting for a first record")
+        self._set(stream, writer, token)
+        if position <= token:
+            return None
+        self._backfills[stream, writer] = position
+        return Backfill(stream, writer, token, position)
 
     def token(self, stream: str, writer: str) -> int | None:
         """Return the writer's token, or ``None`` for a writer not seen yet."""
@@ -346,7 +404,10 @@ class PositionTracker:
             n_rows: how many rows the record holds.
 
         Returns:
-            :class:`Apply`, :class:`Drop` or :class:`Backfill`.
+            :class:`Apply`, :class:`Drop` or :class:`Backfill`. A backfill of a
+            writer seeded with :meth:`seed_unverified` may end *before* ``token``:
+            then the record is not covered by it, and the caller observes it again
+            once the backfill is queued.
 
         Raises:
             PositionError: a token that is not an int, a negative row count, or a
@@ -357,6 +418,15 @@ class PositionTracker:
             raise PositionError(f"n_rows must not be negative, got {n_rows}")
         self._refuse_during_backfill(stream, writer)
         current = self.token(stream, writer)
+        if current is None and self._unverified:
+            checked = self._unverified.pop((stream, writer), None)
+            if checked is not None:
+                # Rule 5b: the first record after records Kafka may have lost.
+                self._set(stream, writer, checked)
+                if token - 1 > checked and self.is_database_stream(stream):
+                    self._backfills[stream, writer] = token - 1
+                    return Backfill(stream, writer, checked, token - 1)
+                current = checked
         if current is None:
             start = self.min_token(stream)
             if start is None or not self.is_database_stream(stream):
@@ -429,6 +499,12 @@ class PositionTracker:
             return Drop(stream, writer, new, DropReason.MALFORMED_POSITION)
         database = self.is_database_stream(stream)
         current = self.token(stream, writer)
+        if current is None and self._unverified:
+            # Rule 5b: a POSITION carries its own range test.
+            checked = self._unverified.pop((stream, writer), None)
+            if checked is not None:
+                self._set(stream, writer, checked)
+                current = checked
         if current is None:
             start = self.min_token(stream) if database else None
             current = prev if start is None else start

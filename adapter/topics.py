@@ -59,6 +59,7 @@ __all__ = [
     "default_prefix",
     "diff_topic",
     "dlq_topic",
+    "missing_topic_message",
     "parse_position_key",
     "position_key",
     "positions_topic",
@@ -483,3 +484,15 @@ def diff_topic(
         elif _normalise(key, have) != _normalise(key, want):
             lines.append(f"{expected.name}: {key} is {have}, expected {want}")
     return lines
+
+
+def missing_topic_message(topic: str, prefix: str) -> str:
+    """The one line for a topic that does not exist: the prefix and how it is set.
+
+    A wrong prefix (another server name) is the usual cause, not missing topics.
+    """
+    return (
+        f"topic {topic} does not exist; the topic prefix in use is {prefix!r} "
+        "(--prefix, or synapse.<server_name> from --server-name): check it, or create "
+        "the topics with `synkafka topics ensure` and the same prefix"
+    )

@@ -20,8 +20,10 @@ from adapter.cli.common import (
     LogLevelOpt,
     PrefixOpt,
     RedisPasswordFileOpt,
+    ServerNameOpt,
     db_dsn,
     redis_url,
+    require_server_name,
     resolve_prefix,
     setup_logging,
     with_kafka_options,
@@ -58,15 +60,7 @@ def bridge(
             show_default=False,
         ),
     ],
-    server_name: Annotated[
-        str,
-        typer.Option(
-            "--server-name",
-            envvar="SYNKAFKA_SERVER_NAME",
-            help="The homeserver's server_name (its Redis channel).",
-            show_default=False,
-        ),
-    ],
+    server_name: ServerNameOpt = None,
     db: Annotated[
         str | None,
         typer.Option(
@@ -125,6 +119,8 @@ def bridge(
     """
     setup_logging(log_level)
     settings = kafka
+    # The Redis channel is the server name, so the bridge needs it even with --prefix.
+    server_name = require_server_name(server_name)
     resolved = resolve_prefix(prefix, server_name)
     metrics = default_metrics()
     stop = threading.Event()

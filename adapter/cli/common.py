@@ -75,6 +75,7 @@ __all__ = [
     "kafka_settings",
     "read_secret",
     "redis_url",
+    "require_server_name",
     "resolve_prefix",
     "setup_logging",
     "with_kafka_options",
@@ -213,12 +214,14 @@ OverridesOpt = Annotated[
     ),
 ]
 ServerNameOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--server-name",
         envvar="SYNKAFKA_SERVER_NAME",
-        help="The homeserver's server_name; the default topic prefix is synapse.<server_name>.",
+        help="The homeserver's server_name (required, no default; the topic prefix "
+        "is synapse.<server_name> unless --prefix is given).",
         rich_help_panel=_TOPICS,
+        show_default=False,
     ),
 ]
 PrefixOpt = Annotated[
@@ -418,9 +421,33 @@ def db_dsn(
     return with_url_password(dsn, read_secret(None, password_file, "database password"))
 
 
-def resolve_prefix(prefix: str | None, server_name: str) -> str:
-    """The explicit prefix, or ``synapse.<server_name>``."""
-    return prefix or default_prefix(server_name)
+def resolve_prefix(prefix: str | None, server_name: str | None) -> str:
+    """The explicit prefix, or ``synapse.<server_name>``.
+
+    The one rule of every command: the server name has no default (a wrong one
+    silently reads another homeserver's topics); ``--prefix`` alone is enough where
+    only the topics are needed.
+
+    Raises:
+        ConfigError: neither is given.
+    """
+    if prefix:
+        return prefix
+    return default_prefix(require_server_name(server_name))
+
+
+def require_server_name(server_name: str | None) -> str:
+    """The server name, which every command takes the same way (no default).
+
+    Raises:
+        ConfigError: it is missing or empty.
+    """
+    if not server_name:
+        raise ConfigError(
+            "--server-name is required (or SYNKAFKA_SERVER_NAME; commands that only "
+            "read or write topics also accept --prefix instead)"
+        )
+    return server_name
 
 
 def config_default_map(path: Path, commands: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated
+from typing import Annotated
 
 import typer
 
@@ -53,7 +53,7 @@ def install_stop_signals(stop: threading.Event) -> None:
 @app.command()
 @with_kafka_options
 def consume(
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     instance_name: InstanceOpt = "",
     stream: Annotated[
@@ -80,9 +80,25 @@ def consume(
             "earliest: replay what Kafka holds.",
         ),
     ] = "committed",
+    catch_up: Annotated[
+        str,
+        typer.Option(
+            "--catch-up",
+            help="How a resumed consumer with --db reads what it missed. database: "
+            "the latest state from the database, as Synapse does (updates the "
+            "database replaced or deleted meanwhile are not delivered); kafka: every "
+            "update Kafka holds from the committed offset, and from the database only "
+            "the tokens Kafka lacks.",
+        ),
+    ] = "database",
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write JSON lines here instead of stdout."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Append JSON lines to this file instead of stdout; a regular file is "
+            "resumed exactly once (a line cut by a kill is removed).",
+        ),
     ] = None,
     handler: Annotated[
         str | None,
@@ -123,15 +139,18 @@ def consume(
     *,
     kafka: KafkaSettings,
 ) -> None:
-    """Follow replication streams and hand every new row to a handler exactly once.
+    """Follow replication streams and hand every new row to a handler.
 
-    Resumes from the committed POSITION and backfills the gap from the database. Rows go to stdout as JSON lines unless --output or --handler says otherwise.
-    SIGTERM or Ctrl-C finishes in-flight handlers, commits and exits 0.
+    Resumes from the committed POSITION; with --db, reads what it missed as --catch-up says. Rows go to stdout as JSON lines unless --output or --handler says otherwise.
+    Delivery: a regular --output file holds each update (stream, writer, token) once, also after crashes. stdout and --handler are at least once: after a crash the updates after the last commit come again, so key a handler on (stream, writer, token).
+    SIGTERM or Ctrl-C finishes in-flight handlers, commits, logs what it committed and exits 0.
     """
     setup_logging(log_level)
     instance_name = instance_name or f"consumer-{socket.gethostname()}"
     if start_from not in ("committed", "latest", "earliest"):
         raise ConfigError("--from must be committed, latest or earliest")
+    if catch_up not in ("kafka", "database"):
+        raise ConfigError("--catch-up must be kafka or database")
     if on_handler_error not in ("stop", "dead-letter"):
         raise ConfigError("--on-handler-error must be stop or dead-letter")
     streams = tuple(stream or STREAM_NAMES)
@@ -139,19 +158,20 @@ def consume(
     if unknown:
         raise ConfigError(f"unknown stream(s): {', '.join(unknown)}")
     settings = kafka
-    out_file: IO[str] | None = None
     sink: Handler
+    json_sink: JsonLinesSink | None = None
     if handler is not None:
         sink = load_handler(handler)
     else:
-        out_file = output.open("a", encoding="utf-8") if output else None
-        sink = JsonLinesSink(out_file or sys.stdout)
+        json_sink = JsonLinesSink.open(output) if output else JsonLinesSink(sys.stdout)
+        sink = json_sink
     metrics = default_metrics()
     options = ConsumerOptions(
         prefix=resolve_prefix(prefix, server_name),
         instance_name=instance_name,
         streams=streams,
         start_from=_start_from(start_from),
+        catch_up="kafka" if catch_up == "kafka" else "database",
         commit_interval_s=commit_interval,
         handler_policy="dead-letter" if on_handler_error == "dead-letter" else "stop",
     )
@@ -162,6 +182,7 @@ def consume(
         sink,
         open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
         metrics=metrics,
+        before_commit=json_sink.sync if json_sink is not None else None,
     )
     stop = threading.Event()
     install_stop_signals(stop)
@@ -186,8 +207,8 @@ def consume(
             reporter.stop()
         if server is not None:
             server.stop()
-        if out_file is not None:
-            out_file.close()
+        if json_sink is not None:
+            json_sink.close()
 
 
 def _start_from(value: str) -> StartFrom:

@@ -89,7 +89,7 @@ def lag(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     *,
     kafka: KafkaSettings,

@@ -64,7 +64,7 @@ ExpiryOpt = Annotated[
 @with_kafka_options
 def presence(
     ctx: typer.Context,
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     expiry: ExpiryOpt = DEFAULT_EXPIRY_MS / 1000,
@@ -96,7 +96,7 @@ def presence(
 @presence_app.command("list")
 @with_kafka_options
 def list_instances(
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     expiry: ExpiryOpt = DEFAULT_EXPIRY_MS / 1000,
@@ -237,7 +237,7 @@ def track(
             "--stop-delay", min=0, help="Seconds a stopped sync still counts."
         ),
     ] = DEFAULT_STOP_DELAY_MS / 1000,
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     log_level: LogLevelOpt = "WARNING",
     *,

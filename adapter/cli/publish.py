@@ -106,7 +106,7 @@ def publish(
         Path | None,
         typer.Argument(help="File of JSON objects or Synapse lines (default: stdin)."),
     ] = None,
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     *,
     kafka: KafkaSettings,
@@ -191,7 +191,7 @@ def tail(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per line.")
     ] = False,
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     *,
     kafka: KafkaSettings,
@@ -211,7 +211,7 @@ def tail(
     try:
         partitions = reader.partitions(topic)
         if not partitions:
-            raise ConfigError(f"topic {topic} does not exist")
+            raise ConfigError(topics.missing_topic_message(topic, resolved))
         heads = {p: reader.watermarks(topic, p)[1] for p in partitions}
         start = BEGINNING if from_beginning else END
         if from_offset is not None:

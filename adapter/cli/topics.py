@@ -56,7 +56,7 @@ def _specs(
 @topics_app.command("ensure")
 @with_kafka_options
 def ensure(
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     stream: StreamsOpt = None,
     partitions: PartitionsOpt = 1,
@@ -108,7 +108,7 @@ def ensure(
 @topics_app.command("describe")
 @with_kafka_options
 def describe(
-    server_name: ServerNameOpt = "localhost",
+    server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
     stream: StreamsOpt = None,
     partitions: PartitionsOpt = 1,

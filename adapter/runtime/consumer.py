@@ -7,9 +7,11 @@ The algorithm (DESIGN.md, "Consumer"), step by step:
 2. **Pin the head.** Note every partition's high watermark *before* reading the
    database positions: a writer persists a row before it publishes it, so every record
    below the pinned head has a token at or below the positions read afterwards.
-3. **Backfill.** For each writer behind its database position, read the missing rows
+3. **Catch up** as :func:`adapter.catchup.plan_stream_start` decides. ``database``
+   (default): for each writer behind its database position, read the missing rows
    from the database (not by replaying old Kafka records) in the stream's worker, in
-   token order, before any live record of that stream.
+   token order, before any live record of that stream. ``kafka``: replay Kafka from
+   the committed offset and read from the database only what Kafka lacks.
 4. **Live.** Consume from the pinned head and let :class:`PositionTracker` decide:
    duplicates are dropped, a POSITION past our token triggers a backfill, a reset
    stream is followed.
@@ -31,14 +33,27 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, assert_never
+from typing import assert_never
 
 from adapter import topics
 from adapter.backoff import Backoff
+from adapter.catchup import (
+    CatchUp,
+    PartitionMark,
+    StartFrom,
+    StreamStart,
+    plan_stream_start,
+)
 from adapter.codec import decode_update
 from adapter.commands import PositionCommand, RdataCommand
 from adapter.config import KafkaSettings
-from adapter.errors import AdapterError, BackfillError, DecodeError, KafkaIOError
+from adapter.errors import (
+    AdapterError,
+    BackfillError,
+    DecodeError,
+    KafkaIOError,
+    SinkError,
+)
 from adapter.kafka.consumer import (
     BEGINNING,
     Committed,
@@ -74,14 +89,13 @@ from adapter.runtime.stream_worker import (
 __all__ = [
     "GC_THRESHOLD",
     "SWITCH_INTERVAL_S",
+    "CatchUp",
     "ConsumerOptions",
     "ReplicationConsumer",
     "StartFrom",
 ]
 
 logger = logging.getLogger(__name__)
-
-StartFrom = Literal["committed", "latest", "earliest"]
 
 # Every row makes a few short-lived objects. With CPython's default thresholds
 # (700, 10, 10) the collector runs every few hundred rows, and its full collections
@@ -110,8 +124,13 @@ class ConsumerOptions:
         prefix: the topic prefix (``synapse.<server_name>``).
         instance_name: this consumer's name; its group is ``<prefix>.<instance_name>``.
         streams: the streams to follow.
-        start_from: ``committed`` (default: resume, backfilling from the database),
-            ``latest`` (ignore commits, start at the head), ``earliest`` (replay Kafka).
+        start_from: ``committed`` (default: resume, see ``catch_up``), ``latest``
+            (ignore commits, start at the head), ``earliest`` (replay Kafka).
+        catch_up: how a resumed stream with a database source reads what it missed:
+            ``database`` (default: skip Kafka to the pinned head, read the latest
+            state from the database, as Synapse does) or ``kafka`` (replay Kafka from
+            the committed offset, read only the tokens Kafka lacks from the
+            database); see :mod:`adapter.catchup`.
         commit_interval_s: how often finished work is committed.
         poll_batch: records fetched per poll.
         max_batches: per-stream queue bound, in poll batches (backpressure).
@@ -132,6 +151,7 @@ class ConsumerOptions:
     instance_name: str
     streams: tuple[str, ...]
     start_from: StartFrom = "committed"
+    catch_up: CatchUp = "database"
     commit_interval_s: float = 1.0
     poll_batch: int = 1000
     max_batches: int = 64
@@ -192,6 +212,10 @@ class ReplicationConsumer:
         handlers: one handler per stream name, or one for every stream.
         open_reader: opens a database reader for backfill; None without a database.
         metrics: where to report.
+        backoff: the reconnect backoff.
+        before_commit: called before every commit, after the finished work is read:
+            makes the handlers' output durable (``JsonLinesSink.sync``). If it
+            raises, nothing is committed.
         clock: monotonic seconds (tests may pass a fake).
     """
 
@@ -204,6 +228,7 @@ class ReplicationConsumer:
         open_reader: Callable[[], BackfillReader] | None,
         metrics: Metrics,
         backoff: Backoff | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         if not options.streams:
             raise AdapterError("no streams to follow")
@@ -213,11 +238,15 @@ class ReplicationConsumer:
         self._open_reader = open_reader
         self._metrics = metrics
         self._backoff = backoff or Backoff()
+        self._before_commit = before_commit
         self._streams: dict[str, _StreamState] = {}
         self._by_topic: dict[str, _StreamState] = {}
         self._lock = threading.Lock()
         # Per partition: the last committed offset and the token map it carried.
         self._committed: dict[TP, tuple[int, str]] = {}
+        # Streams with writers to settle at the pinned head (retention, kafka
+        # catch-up): their database positions read at start.
+        self._unsettled: dict[str, dict[str, int]] = {}
         self._dead_letters: DeadLetterWriter | None = None
         self._stop_event: threading.Event | None = None
         self.attempts = 0
@@ -318,6 +347,7 @@ class ReplicationConsumer:
         )
         reader: BackfillReader | None = None
         worker_stop = threading.Event()
+        stopped = False
         try:
             reader = self._open_reader() if self._open_reader is not None else None
             tracker = self._set_up(consumer, reader, worker_stop)
@@ -325,10 +355,13 @@ class ReplicationConsumer:
                 reader.close()
                 reader = None
             self._loop(consumer, tracker, stop)
+            stopped = True
         finally:
             if reader is not None:
                 reader.close()
-            self._shut_down(consumer, worker_stop)
+            self._shut_down(consumer, worker_stop, stopped=stopped)
+        # A handler that failed while the queued work drained.
+        self._check_workers()
 
     def _handler_for(self, stream: str) -> Handler | None:
         handlers = self._handlers
@@ -345,12 +378,13 @@ class ReplicationConsumer:
         """Steps 1 to 3: committed offsets, pinned heads, database positions, backfill."""
         opts = self._options
         states: dict[str, _StreamState] = {}
+        self._unsettled = {}
         for stream in opts.streams:
             topic = topics.stream_topic(opts.prefix, stream)
             partitions = consumer.partitions(topic)
             if not partitions:
                 raise KafkaIOError(
-                    f"topic {topic} does not exist; run `synkafka topics ensure` first",
+                    topics.missing_topic_message(topic, opts.prefix),
                     code="_UNKNOWN_TOPIC",
                     retriable=True,
                 )
@@ -374,9 +408,12 @@ class ReplicationConsumer:
             )
         }
         # Pin the heads before reading database positions (see the module docstring).
+        lows: dict[TP, int] = {}
         for state in states.values():
             for p in state.partitions:
-                state.head[p] = consumer.watermarks(state.topic, p)[1]
+                lows[(state.topic, p)], state.head[p] = consumer.watermarks(
+                    state.topic, p
+                )
 
         tracker = PositionTracker(
             database_streams=frozenset(s.name for s in states.values() if s.has_source)
@@ -385,78 +422,26 @@ class ReplicationConsumer:
         initial: dict[str, list[Work]] = {}
         for state in states.values():
             marks = [committed.get((state.topic, p)) for p in state.partitions]
-            has_commit = any(c is not None and c.offset is not None for c in marks)
-            tokens: dict[str, int] = {}
-            has_metadata = False
-            for c in marks:
-                if c is None or not c.metadata:
-                    continue
-                try:
-                    decoded = decode_commit_metadata(c.metadata)
-                except DecodeError as exc:
-                    # Someone else's commit (a manual offset reset): no tokens.
-                    logger.warning(
-                        "%s[%d]: commit metadata is not ours (%s); replaying from the "
-                        "committed offset",
-                        c.topic,
-                        c.partition,
-                        exc.reason,
-                    )
-                    continue
-                has_metadata = True
-                for (stream, writer), token in decoded.items():
-                    if stream == state.name:
-                        tokens[writer] = max(token, tokens.get(writer, token))
             db_positions = (
                 reader.positions(state.name) if (reader and state.has_source) else {}
             )
-            work: list[Work] = []
-            if opts.start_from == "earliest":
-                state.start = dict.fromkeys(state.partitions, BEGINNING)
-            elif opts.start_from == "latest" or not has_commit:
-                state.start = dict(state.head)
-                tokens = dict(db_positions)
-            elif state.has_source and has_metadata:
-                # Resume: skip Kafka up to the pinned head and read the gap from the DB.
-                # A writer absent from our metadata published nothing before our
-                # commit, so all of its rows are new to us: start it at 0.
-                state.start = dict(state.head)
-                for writer, position in sorted(db_positions.items()):
-                    cur = tokens.get(writer, 0)
-                    if position > cur:
-                        work.append(BackfillWork(writer, cur, position, initial=True))
-                        self._metrics.backfill_remaining_tokens.labels(
-                            state.name, writer
-                        ).set(position - cur)
-                        tokens[writer] = position
-            else:
-                # No database to read from, or a commit without our token map (an
-                # offset reset by hand): replay what Kafka holds after the commit.
-                state.start = {
-                    p: (
-                        c.offset
-                        if c is not None and c.offset is not None
-                        else state.head[p]
+            plan = plan_stream_start(
+                start_from=opts.start_from,
+                catch_up=opts.catch_up,
+                has_source=state.has_source,
+                marks=[
+                    PartitionMark(
+                        p,
+                        None if c is None else c.offset,
+                        lows[(state.topic, p)],
+                        state.head[p],
                     )
                     for p, c in zip(state.partitions, marks, strict=True)
-                }
-            for writer, token in tokens.items():
-                tracker.seed(state.name, writer, token)
-                self._metrics.stream_position.labels(state.name, writer).set(token)
-            # The worker has handled everything up to the start tokens, except the
-            # gaps its initial backfill still has to read.
-            handled = dict(tokens)
-            for w in work:
-                if isinstance(w, BackfillWork):
-                    handled[w.instance_name] = w.from_token
-            state.worker.seed(handled)
-            if work:
-                initial[state.name] = work
-                logger.info(
-                    "%s: backfilling %d writer(s) from the database before going live",
-                    state.name,
-                    len(work),
-                )
+                ],
+                committed_tokens=self._committed_tokens(state.name, marks),
+                db_positions=db_positions,
+            )
+            self._apply_start(state, plan, tracker, initial, db_positions)
             for p in state.partitions:
                 self._committed[(state.topic, p)] = (-1, "")
                 starts.append(PartitionStart(state.topic, p, state.start[p]))
@@ -471,6 +456,122 @@ class ReplicationConsumer:
         consumer.assign(starts)
         return tracker
 
+    @staticmethod
+    def _committed_tokens(
+        stream: str, marks: Sequence[Committed | None]
+    ) -> dict[str, int] | None:
+        """The stream's token map from its partitions' commits; None if none is ours."""
+        tokens: dict[str, int] = {}
+        has_metadata = False
+        for c in marks:
+            if c is None or not c.metadata:
+                continue
+            try:
+                decoded = decode_commit_metadata(c.metadata)
+            except DecodeError as exc:
+                # Someone else's commit (a manual offset reset): no tokens.
+                logger.warning(
+                    "%s[%d]: commit metadata is not ours (%s); replaying from the "
+                    "committed offset",
+                    c.topic,
+                    c.partition,
+                    exc.reason,
+                )
+                continue
+            has_metadata = True
+            for (name, writer), token in decoded.items():
+                if name == stream:
+                    tokens[writer] = max(token, tokens.get(writer, token))
+        return tokens if has_metadata else None
+
+    def _apply_start(
+        self,
+        state: _StreamState,
+        plan: StreamStart,
+        tracker: PositionTracker,
+        initial: dict[str, list[Work]],
+        db_positions: Mapping[str, int],
+    ) -> None:
+        """Set up one stream as :func:`plan_stream_start` decided."""
+        state.start = {
+            p: BEGINNING if offset is None else offset
+            for p, offset in plan.offsets.items()
+        }
+        for writer, token in plan.tokens.items():
+            tracker.seed(state.name, writer, token)
+            self._metrics.stream_position.labels(state.name, writer).set(token)
+        for writer, token in plan.unverified.items():
+            tracker.seed_unverified(state.name, writer, token)
+            self._metrics.stream_position.labels(state.name, writer).set(token)
+        if plan.unverified:
+            self._unsettled[state.name] = dict(db_positions)
+        state.worker.seed(plan.handled)
+        work: list[Work] = []
+        for b in plan.backfills:
+            work.append(BackfillWork(b.writer, b.from_token, b.to_token, initial=True))
+            self._metrics.backfill_remaining_tokens.labels(state.name, b.writer).set(
+                b.to_token - b.from_token
+            )
+        if work:
+            initial[state.name] = work
+            logger.info(
+                "%s: backfilling %d writer(s) from the database before going live",
+                state.name,
+                len(work),
+            )
+        for p in plan.lost:
+            # Retention deleted records this consumer had not read.
+            if plan.unverified:
+                logger.warning(
+                    "%s[%d]: records after the committed offset were deleted by "
+                    "retention; the tokens Kafka lacks are read from the database",
+                    state.topic,
+                    p,
+                )
+            else:
+                self._metrics.backfills.labels(state.name, "unavailable").inc()
+                logger.warning(
+                    "%s[%d]: records after the committed offset were deleted by "
+                    "retention and cannot be read back",
+                    state.topic,
+                    p,
+                )
+        logger.debug("%s: start %s at %s", state.name, plan.case, state.start)
+
+    def _settle_at_head(self, consumer: Consumer, tracker: PositionTracker) -> None:
+        """Backfill writers that had no record on Kafka up to the pinned head.
+
+        Only after retention deleted records of a ``--catch-up kafka`` consumer
+        (:class:`StreamStart` ``unverified``); checked once per poll until settled.
+        """
+        for name in list(self._unsettled):
+            state = self._streams[name]
+            positions = consumer.positions((state.topic, p) for p in state.partitions)
+            reached = all(
+                state.head[p] <= state.start[p] or positions.get(p, -1) >= state.head[p]
+                for p in state.partitions
+            )
+            if not reached:
+                continue
+            db_positions = self._unsettled.pop(name)
+            work: list[Work] = []
+            for writer, token in sorted(tracker.unverified(name).items()):
+                decision = tracker.settle_unverified(
+                    name, writer, max(token, db_positions.get(writer, token))
+                )
+                if decision is not None:
+                    logger.warning(
+                        "%s/%s: tokens (%d, %d] are not on Kafka; reading them from "
+                        "the database",
+                        name,
+                        writer,
+                        decision.from_token,
+                        decision.to_token,
+                    )
+                    work += self._backfill_work(decision, state, tracker)
+            if work:
+                state.pending.append(work)
+
     # -- steps 4 and 5 --------------------------------------------------------------
 
     def _loop(
@@ -481,6 +582,8 @@ class ReplicationConsumer:
         all_caught_up = False
         while not stop.is_set():
             self._check_workers()
+            if self._unsettled:
+                self._settle_at_head(consumer, tracker)
             self._flush_pending(consumer)
             messages = consumer.poll_messages(opts.poll_batch, 0.1)
             if messages:
@@ -620,12 +723,23 @@ class ReplicationConsumer:
                 )
             ]
         if isinstance(decision, Backfill):
+            work = self._backfill_work(decision, state, tracker)
+            if decision.to_token < update.token:
+                # A writer checked after retention (Rule 5b): the backfill reads the
+                # tokens Kafka lacks, and this record is applied from Kafka after it.
+                after = tracker.observe_rdata(
+                    update.stream_name,
+                    update.instance_name,
+                    update.token,
+                    len(update.rows),
+                )
+                return [
+                    *work,
+                    *self._on_rdata(update, tp, record, state, tracker, after),
+                ]
             # An RDATA from a writer we have no token for: the backfill reads the rows
             # before it *and* this record's rows (the writer persisted them first).
-            return [
-                *self._backfill_work(decision, state, tracker),
-                UpdateWork(tp, record.offset, None),
-            ]
+            return [*work, UpdateWork(tp, record.offset, None)]
         assert_never(decision)
 
     def _on_position(
@@ -737,6 +851,8 @@ class ReplicationConsumer:
                     continue
                 offsets.append(Committed(state.topic, p, offset, metadata))
         if offsets:
+            if self._before_commit is not None:
+                self._before_commit()
             consumer.commit(offsets)
             for c in offsets:
                 self._committed[(c.topic, c.partition)] = (
@@ -767,8 +883,13 @@ class ReplicationConsumer:
             all_up = all_up and up
         return all_up
 
-    def _shut_down(self, consumer: Consumer, worker_stop: threading.Event) -> None:
-        """Finish in-flight handlers, commit what finished, close."""
+    def _shut_down(
+        self, consumer: Consumer, worker_stop: threading.Event, *, stopped: bool
+    ) -> None:
+        """Finish in-flight handlers, commit what finished, close.
+
+        ``stopped``: a requested stop (not a failure); its final commit is logged.
+        """
         timeout = self._options.shutdown_timeout_s
         failed = any(s.worker.failure is not None for s in self._streams.values())
         if failed:
@@ -781,12 +902,30 @@ class ReplicationConsumer:
                 )
         try:
             self._commit(consumer)
-        except KafkaIOError as exc:
+            if stopped and not any(
+                s.worker.failure is not None for s in self._streams.values()
+            ):
+                logger.info("stopped; committed %s", self._commit_summary())
+        except (KafkaIOError, SinkError) as exc:
             logger.warning("final commit failed: %s", exc)
         finally:
             consumer.close()
             if self._dead_letters is not None:
                 self._dead_letters.close()
+
+    def _commit_summary(self) -> str:
+        """What the group's commits now hold, per stream: offsets and tokens."""
+        parts = []
+        for state in self._streams.values():
+            _, tokens = state.worker.progress()
+            offsets = ", ".join(
+                f"[{p}]@{offset}" if offset >= 0 else f"[{p}] unchanged"
+                for p in state.partitions
+                for offset in (self._committed.get((state.topic, p), (-1, ""))[0],)
+            )
+            writers = ", ".join(f"{w}={t}" for w, t in sorted(tokens.items()))
+            parts.append(f"{state.name} {offsets} ({writers or 'no writers'})")
+        return "; ".join(parts) or "nothing"
 
     # -- dead letters and statistics ------------------------------------------------
 

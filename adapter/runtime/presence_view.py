@@ -195,6 +195,7 @@ class PresenceFollower:
                 "expire_interval_s and replay_idle_s must be positive, "
                 "clear_tombstone_delay_ms not negative"
             )
+        self._prefix = prefix
         self.topic = topics.presence_topic(prefix)
         self.view = view if view is not None else PresenceView(expiry_ms=expiry_ms)
         self.lock = threading.RLock()
@@ -241,9 +242,7 @@ class PresenceFollower:
         started = time.monotonic()
         partitions = self._reader.partitions(self.topic)
         if not partitions:
-            raise ConfigError(
-                f"presence topic {self.topic} does not exist; run `synkafka topics ensure`"
-            )
+            raise ConfigError(topics.missing_topic_message(self.topic, self._prefix))
         pinned = {p: self._reader.watermarks(self.topic, p) for p in partitions}
         self._reader.assign(
             [PartitionStart(self.topic, p, BEGINNING) for p in partitions]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from adapter.backoff import Backoff
-from adapter.errors import AdapterError, BackfillError
+from adapter.errors import AdapterError, BackfillError, SinkError
 from adapter.metrics import HistogramBatch, Metrics
 from adapter.ports import BackfillReader, Handler, StreamUpdate
 
@@ -220,7 +220,11 @@ class StreamWorker:
                     # Also when a work failed: what finished before it is recorded.
                     self._flush_batch()
         except BaseException as exc:  # the poll loop reports it and stops
-            logger.exception("stream %s worker failed", self.stream_name)
+            if isinstance(exc, SinkError):
+                # Expected and reported by the poll loop in one line.
+                logger.debug("stream %s worker failed", self.stream_name, exc_info=True)
+            else:
+                logger.exception("stream %s worker failed", self.stream_name)
             self.failure = exc
         finally:
             if self._reader is not None:
@@ -302,6 +306,10 @@ class StreamWorker:
                     if self._loop is None:
                         self._loop = asyncio.new_event_loop()
                     self._loop.run_until_complete(result)  # type: ignore[arg-type]
+            except SinkError:
+                # The output cannot take it: retrying or dead-lettering would let the
+                # commit pass an update that was never written.
+                raise
             except Exception as exc:
                 attempt += 1
                 self._metrics.handler_failures.labels(self.stream_name).inc()

@@ -597,3 +597,48 @@ def test_try_apply_rdata_is_observe_rdatas_apply_case(
             for t in (fast, slow):
                 assert t.backfilled(stream, writer, expected.to_token)
         assert fast.snapshot() == slow.snapshot()
+
+
+def test_an_unverified_writer_backfills_the_tokens_before_its_first_rdata() -> None:
+    tracker = PositionTracker(database_streams={"receipts"})
+    tracker.seed_unverified("receipts", "master", 10)
+    # The hot path treats it as unknown, so its first record gets the full decision.
+    assert not tracker.try_apply_rdata("receipts", "master", 20)
+    assert tracker.observe_rdata("receipts", "master", 20, 1) == Backfill(
+        "receipts", "master", 10, 19
+    )
+    assert tracker.backfilled("receipts", "master", 19)
+    assert tracker.observe_rdata("receipts", "master", 20, 1) == Apply(
+        "receipts", "master", 20, 1
+    )
+    assert tracker.unverified("receipts") == {}
+
+
+def test_an_unverified_writer_with_the_next_token_or_an_old_one_needs_nothing() -> None:
+    tracker = PositionTracker(database_streams={"receipts"})
+    tracker.seed_unverified("receipts", "a", 10)
+    tracker.seed_unverified("receipts", "b", 10)
+    tracker.seed_unverified("receipts", "c", 10)
+    assert tracker.observe_rdata("receipts", "a", 11, 1) == Apply(
+        "receipts", "a", 11, 1
+    )
+    assert tracker.observe_rdata("receipts", "b", 9, 1) == Drop(
+        "receipts", "b", 9, DropReason.DUPLICATE
+    )
+    # A POSITION is judged by its own range from the unverified token.
+    assert tracker.observe_position("receipts", "c", 12, 15) == Backfill(
+        "receipts", "c", 10, 15
+    )
+
+
+def test_an_unverified_writer_without_records_is_settled_at_the_head() -> None:
+    tracker = PositionTracker(database_streams={"receipts"})
+    tracker.seed_unverified("receipts", "a", 10)
+    tracker.seed_unverified("receipts", "b", 7)
+    assert tracker.settle_unverified("receipts", "a", 14) == Backfill(
+        "receipts", "a", 10, 14
+    )
+    assert tracker.settle_unverified("receipts", "b", 7) is None
+    assert tracker.token("receipts", "b") == 7
+    with pytest.raises(PositionError):
+        tracker.settle_unverified("receipts", "b", 9)
