@@ -48,6 +48,7 @@ from adapter.config import (
     with_url_password,
 )
 from adapter.errors import ConfigError
+from adapter.kafka.client import check_client_config
 from adapter.topics import default_prefix
 
 __all__ = [
@@ -484,7 +485,10 @@ def with_kafka_options(func: Callable[..., _R]) -> Callable[..., _R]:
 
     The command declares ``kafka: KafkaSettings`` instead of a dozen options; the
     wrapper shows Typer the options (flags, ``SYNKAFKA_*`` variables, TOML keys) and
-    builds the settings from them, so every command spells them the same way.
+    builds the settings from them, so every command spells them the same way. The
+    settings are checked by librdkafka itself before the command runs
+    (:func:`~adapter.kafka.client.check_client_config`), so a bad ``-X`` or bootstrap
+    list is refused at once, the same way by every command.
     """
     signature = inspect.signature(func, eval_str=True)
     own = [p for name, p in signature.parameters.items() if name != "kafka"]
@@ -499,7 +503,9 @@ def with_kafka_options(func: Callable[..., _R]) -> Callable[..., _R]:
     def wrapper(*args: Any, **kwargs: Any) -> _R:
         options = {name: kwargs.pop(name) for name, _, _ in _KAFKA_OPTIONS}
         options["overrides"] = options.pop("x")
-        return func(*args, kafka=kafka_settings(**options), **kwargs)
+        settings = kafka_settings(**options)
+        check_client_config(settings)
+        return func(*args, kafka=settings, **kwargs)
 
     params = own + added
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from confluent_kafka.admin import (
 
 from adapter.config import KafkaSettings
 from adapter.errors import KafkaIOError
+from adapter.kafka.client import config_error
 
 __all__ = ["Admin", "ExpectedTopic", "TopicState"]
 
@@ -83,7 +84,8 @@ class Admin:
         try:
             self._client = AdminClient(dict(settings.to_librdkafka()))
         except KafkaException as exc:
-            raise _error(exc, "cannot create Kafka admin client") from exc
+            # Construction fails only on configuration: retrying cannot help.
+            raise config_error(exc, settings) from exc
 
     def cluster_id(self) -> str:
         """The cluster's ID; also proves the broker answers metadata requests."""

@@ -33,6 +33,7 @@ from confluent_kafka import Consumer as _ConfluentConsumer
 
 from adapter.config import KafkaSettings
 from adapter.errors import ConsumeError, KafkaIOError
+from adapter.kafka.client import config_error
 from adapter.kafka.records import KafkaRecord, from_message
 
 __all__ = [
@@ -149,6 +150,9 @@ class Consumer:
             settings' own ``-X`` overrides.
         on_stats: receives librdkafka's statistics (parsed JSON) every
             ``statistics.interval.ms`` if that is set.
+
+    Raises:
+        ConfigError: librdkafka refused the configuration.
     """
 
     def __init__(
@@ -175,7 +179,8 @@ class Consumer:
         try:
             self._client = _ConfluentConsumer(conf)
         except KafkaException as exc:
-            raise _raise_from(exc, "cannot create Kafka consumer") from exc
+            # Construction fails only on configuration: retrying cannot help.
+            raise config_error(exc, settings) from exc
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal() or error.code() in _FATAL_CLIENT_ERRORS:

@@ -21,6 +21,7 @@ from confluent_kafka import Producer as _ConfluentProducer
 
 from adapter.config import KafkaSettings
 from adapter.errors import DeliveryError, KafkaIOError
+from adapter.kafka.client import config_error
 from adapter.metrics import Metrics
 
 __all__ = ["DEFAULT_PRODUCER_CONFIG", "Delivered", "Producer"]
@@ -87,6 +88,7 @@ class Producer:
         conf.update(extra or {})
         conf.update(settings.to_librdkafka())
         self._conf = conf
+        self._settings = settings
         self._metrics = metrics
         self._client: _ConfluentProducer | None = None
         self._failure: KafkaIOError | None = None
@@ -101,14 +103,19 @@ class Producer:
 
     @property
     def client(self) -> _ConfluentProducer:
-        """The underlying confluent producer (created lazily)."""
+        """The underlying confluent producer (created lazily).
+
+        Raises:
+            ConfigError: librdkafka refused the configuration.
+        """
         if self._client is None:
             conf: dict[str, object] = dict(self._conf)
             conf["error_cb"] = self._on_client_error
             try:
                 self._client = _ConfluentProducer(conf)
             except KafkaException as exc:
-                raise KafkaIOError(f"cannot create Kafka producer: {exc}") from exc
+                # Construction fails only on configuration: retrying cannot help.
+                raise config_error(exc, self._settings) from exc
         return self._client
 
     def _on_client_error(self, error: KafkaError) -> None:
