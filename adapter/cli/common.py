@@ -48,7 +48,7 @@ from adapter.config import (
     with_url_password,
 )
 from adapter.errors import ConfigError
-from adapter.kafka.client import check_client_config
+from adapter.kafka.client import CLIENT_LOGGER, check_client_config
 from adapter.topics import default_prefix
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "config_default_map",
     "db_dsn",
     "kafka_settings",
+    "quiet_client_log",
     "read_secret",
     "redis_url",
     "resolve_prefix",
@@ -248,11 +249,23 @@ LogLevelOpt = Annotated[
 ]
 
 
+def quiet_client_log() -> None:
+    """Keep librdkafka's account of a failure out of a one-shot command's stderr.
+
+    A one-shot command reports its failure in its own single line ("cannot reach
+    Kafka at ..."); librdkafka's lines about the same failure, seen from inside,
+    would only repeat it. Long-running commands turn the log back on with
+    :func:`setup_logging`.
+    """
+    logging.getLogger(CLIENT_LOGGER).setLevel(logging.CRITICAL + 1)
+
+
 def setup_logging(level: str) -> None:
-    """Log to stderr in one line per record."""
+    """Log to stderr in one line per record (librdkafka's lines included)."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigError(f"unknown log level {level!r}")
+    logging.getLogger(CLIENT_LOGGER).setLevel(logging.NOTSET)
     logging.basicConfig(
         level=numeric,
         stream=sys.stderr,
@@ -488,7 +501,9 @@ def with_kafka_options(func: Callable[..., _R]) -> Callable[..., _R]:
     builds the settings from them, so every command spells them the same way. The
     settings are checked by librdkafka itself before the command runs
     (:func:`~adapter.kafka.client.check_client_config`), so a bad ``-X`` or bootstrap
-    list is refused at once, the same way by every command.
+    list is refused at once, the same way by every command. librdkafka's log is
+    quiet unless the command calls :func:`setup_logging` (see
+    :func:`quiet_client_log`).
     """
     signature = inspect.signature(func, eval_str=True)
     own = [p for name, p in signature.parameters.items() if name != "kafka"]
@@ -505,6 +520,7 @@ def with_kafka_options(func: Callable[..., _R]) -> Callable[..., _R]:
         options["overrides"] = options.pop("x")
         settings = kafka_settings(**options)
         check_client_config(settings)
+        quiet_client_log()
         return func(*args, kafka=settings, **kwargs)
 
     params = own + added

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as _TopicPartition
@@ -28,7 +28,7 @@ from confluent_kafka.admin import (
 
 from adapter.config import KafkaSettings
 from adapter.errors import KafkaIOError
-from adapter.kafka.client import config_error
+from adapter.kafka.client import client_log, config_error
 
 __all__ = ["Admin", "ExpectedTopic", "TopicState"]
 
@@ -82,7 +82,8 @@ class Admin:
     def __init__(self, settings: KafkaSettings, *, timeout_s: float = 30.0) -> None:
         self._timeout_s = timeout_s
         try:
-            self._client = AdminClient(dict(settings.to_librdkafka()))
+            conf: dict[str, Any] = {**settings.to_librdkafka(), "logger": client_log()}
+            self._client = AdminClient(conf)
         except KafkaException as exc:
             # Construction fails only on configuration: retrying cannot help.
             raise config_error(exc, settings) from exc

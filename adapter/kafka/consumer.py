@@ -33,7 +33,7 @@ from confluent_kafka import Consumer as _ConfluentConsumer
 
 from adapter.config import KafkaSettings
 from adapter.errors import ConsumeError, KafkaIOError
-from adapter.kafka.client import config_error
+from adapter.kafka.client import client_log, config_error
 from adapter.kafka.records import KafkaRecord, from_message
 
 __all__ = [
@@ -172,6 +172,7 @@ class Consumer:
         conf.update(extra or {})
         conf.update(settings.to_librdkafka())
         conf["error_cb"] = self._on_client_error
+        conf["logger"] = client_log()
         if on_stats is not None:
             conf["stats_cb"] = lambda raw: on_stats(json.loads(raw))
         self.group_id = group_id
@@ -193,7 +194,8 @@ class Consumer:
                 # librdkafka repeats it on every reconnect: one line is enough.
                 logger.debug("Kafka consumer error: %s", error.str())
         else:
-            logger.warning("Kafka consumer: %s", error.str())
+            # Transient (broker down): librdkafka repeats it on every reconnect.
+            client_log().emit(logging.WARNING, error.str(), "Kafka consumer")
 
     def check(self) -> None:
         """Raise the first fatal client error seen so far, if any."""

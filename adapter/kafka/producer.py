@@ -21,12 +21,11 @@ from confluent_kafka import Producer as _ConfluentProducer
 
 from adapter.config import KafkaSettings
 from adapter.errors import DeliveryError, KafkaIOError
-from adapter.kafka.client import config_error
+from adapter.kafka.client import client_log, config_error
 from adapter.metrics import Metrics
 
 __all__ = ["DEFAULT_PRODUCER_CONFIG", "Delivered", "Producer"]
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_PRODUCER_CONFIG: Mapping[str, str] = {
     "enable.idempotence": "true",
@@ -111,6 +110,7 @@ class Producer:
         if self._client is None:
             conf: dict[str, object] = dict(self._conf)
             conf["error_cb"] = self._on_client_error
+            conf["logger"] = client_log()
             try:
                 self._client = _ConfluentProducer(conf)
             except KafkaException as exc:
@@ -124,10 +124,12 @@ class Producer:
                 self._failure = KafkaIOError(
                     f"Kafka producer failed: {error.str()}", code=error.name()
                 )
-            logger.error("Kafka producer error: %s", error.str())
+            # librdkafka repeats it on every reconnect.
+            client_log().emit(logging.ERROR, error.str(), "Kafka producer error")
         else:
-            # Transient (broker down, connection refused): librdkafka retries.
-            logger.warning("Kafka producer: %s", error.str())
+            # Transient (broker down, connection refused): librdkafka retries, and
+            # reports it again on every attempt.
+            client_log().emit(logging.WARNING, error.str(), "Kafka producer")
 
     def produce(
         self,

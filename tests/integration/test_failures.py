@@ -17,7 +17,9 @@ import pytest
 from adapter.localstack._process import free_port
 
 
-def run(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+def run(
+    *args: str, timeout: float = 60
+) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``synkafka *args``; return the result and the seconds it took."""
     started = time.monotonic()
     done = subprocess.run(
@@ -42,7 +44,10 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
 
 
 BAD_CONFIGS = [
-    (["-X", "no.such.property=1"], 'No such configuration property: "no.such.property"'),
+    (
+        ["-X", "no.such.property=1"],
+        'No such configuration property: "no.such.property"',
+    ),
     (["-X", "fetch.max.bytes=notanumber"], '"fetch.max.bytes"'),
     (["-b", "notahost::::"], "'notahost::::' is not host:port"),
 ]
