@@ -48,10 +48,12 @@ from adapter.config import (
     with_url_password,
 )
 from adapter.errors import ConfigError
+from adapter.kafka.admin import Admin
 from adapter.kafka.client import CLIENT_LOGGER, check_client_config
 from adapter.topics import default_prefix
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "BootstrapOpt",
     "DbPasswordFileOpt",
     "InstanceOpt",
@@ -70,10 +72,12 @@ __all__ = [
     "SslKeyOpt",
     "SslKeyPasswordFileOpt",
     "SslKeyPasswordOpt",
+    "TimeoutOpt",
     "config_default_map",
     "db_dsn",
     "kafka_settings",
     "quiet_client_log",
+    "reach_kafka",
     "read_secret",
     "redis_url",
     "resolve_prefix",
@@ -239,6 +243,19 @@ InstanceOpt = Annotated[
         help="This process's name; its consumer group is <prefix>.<instance-name>.",
     ),
 ]
+# Under 15 s in all with the interpreter's start-up, as the one-shot commands promise.
+DEFAULT_TIMEOUT_S = 10.0
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        envvar="SYNKAFKA_TIMEOUT",
+        min=0.1,
+        help="Seconds to wait for Kafka to answer before giving up with one line "
+        "naming the bootstrap servers.",
+        rich_help_panel=_KAFKA,
+    ),
+]
 LogLevelOpt = Annotated[
     str,
     typer.Option(
@@ -247,6 +264,22 @@ LogLevelOpt = Annotated[
         help="DEBUG, INFO, WARNING or ERROR.",
     ),
 ]
+
+
+def reach_kafka(settings: KafkaSettings, timeout_s: float) -> Admin:
+    """An admin client whose broker answered within ``timeout_s``.
+
+    One-shot commands call it first, so that an unreachable broker (down, wrong
+    address, a SASL or TLS handshake that never completes) ends them within their
+    ``--timeout`` with one line: ``cannot reach Kafka at <servers> (<protocol>)
+    within 15 s: <reason>``. Each later request has the same timeout.
+
+    Raises:
+        KafkaIOError: no broker answered in time.
+    """
+    admin = Admin(settings, timeout_s=timeout_s)
+    admin.cluster_id()
+    return admin
 
 
 def quiet_client_log() -> None:

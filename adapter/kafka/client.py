@@ -102,6 +102,15 @@ def client_log() -> ClientLog:
     return _SHARED
 
 
+def where(settings: KafkaSettings) -> str:
+    """The bootstrap servers and protocol, for "cannot reach Kafka at ..." messages.
+
+    Secrets are masked in case one was pasted into the list.
+    """
+    servers = redact_text(settings.bootstrap_servers, settings.secrets())
+    return f"{servers} ({settings.security_protocol})"
+
+
 def config_error(exc: KafkaException, settings: KafkaSettings) -> ConfigError:
     """The :class:`ConfigError` for a client librdkafka refused to create.
 
