@@ -31,13 +31,16 @@ from adapter.records import PresenceSnapshot
 from adapter.redis_io import ReplicationSubscriber
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.bridge import Bridge
-from adapter.runtime.health import Check, HealthServer
+from adapter.runtime.health import Check, DependencyStatus, HealthServer
 from adapter.runtime.lag import read_positions_topic
 from adapter.runtime.presence_view import PresenceFollower
 
 __all__ = ["bridge"]
 
 logger = logging.getLogger(__name__)
+
+# How often the producer's statistics (and so /health's broker check) are renewed.
+_STATS_INTERVAL_S = 2.0
 
 
 @app.command()
@@ -106,19 +109,28 @@ def bridge(
     subscriber = ReplicationSubscriber(
         redis_url(redis, redis_password_file), server_name
     )
+    dsn = db_dsn(db, db_password_file) if db else None
+    database = DependencyStatus()
+    # The producer of the current attempt (a new one after each Kafka failure).
+    current: list[Producer] = []
     server = None
     if metrics_port >= 0:
         server = HealthServer(
             metrics.registry,
             alive=lambda: Check(not stop.is_set(), "stopping"),
-            broker=lambda: Check(True),
+            broker=lambda: Check(
+                bool(current) and current[-1].broker_up, "no broker connection"
+            ),
             ready=lambda: {"redis": subscriber.connected},
+            dependencies={
+                "redis": lambda: Check(subscriber.connected, "not subscribed"),
+                **({"database": database.check} if dsn else {}),
+            },
             host=metrics_host,
             port=metrics_port,
         )
         server.start()
     backoff = Backoff()
-    dsn = db_dsn(db, db_password_file) if db else None
     failed = False
     try:
         while not stop.is_set():
@@ -127,7 +139,10 @@ def bridge(
                 client_id=f"synkafka-bridge-{server_name}",
                 metrics=metrics,
                 extra={"linger.ms": "2"},
+                # Statistics keep producer.broker_up current for /health.
+                stats_interval_s=_STATS_INTERVAL_S,
             )
+            current[:] = [producer]
             try:
                 published, presence = _read_state(settings, resolved)
                 Bridge(
@@ -138,6 +153,7 @@ def bridge(
                     open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
                     published=published,
                     presence=presence,
+                    database=database,
                 ).run(stop)
                 backoff.reset()
             except KafkaIOError as exc:

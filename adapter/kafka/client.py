@@ -102,6 +102,21 @@ def client_log() -> ClientLog:
     return _SHARED
 
 
+def connected_to_a_broker(stats: Mapping[str, object]) -> bool:
+    """Whether librdkafka's statistics show a connection to a real broker.
+
+    A real broker has a node id (the bootstrap pseudo-broker has -1) and the state
+    ``UP``; with every broker down there is none.
+    """
+    brokers = stats.get("brokers")
+    if not isinstance(brokers, dict):
+        return False
+    return any(
+        isinstance(b, dict) and b.get("state") == "UP" and b.get("nodeid", -1) != -1
+        for b in brokers.values()
+    )
+
+
 def where(settings: KafkaSettings) -> str:
     """The bootstrap servers and protocol, for "cannot reach Kafka at ..." messages.
 

@@ -67,6 +67,7 @@ from adapter.records import PresenceSnapshot, SyncingDevice
 from adapter.redis_io import RedisMessage, ReplicationSubscriber
 from adapter.rows import Row
 from adapter.runtime.consumer import GC_THRESHOLD
+from adapter.runtime.health import DependencyStatus
 from adapter.runtime.progress import Progress, ProgressReporter
 from adapter.runtime.publisher import Publisher
 
@@ -163,6 +164,7 @@ class Bridge:
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         announce_interval_s: float = DEFAULT_ANNOUNCE_INTERVAL_S,
         on_lag: Callable[[float], None] | None = None,
+        database: DependencyStatus | None = None,
     ) -> None:
         self._subscriber = subscriber
         self._producer = producer
@@ -172,6 +174,8 @@ class Bridge:
         self._metrics = metrics
         self._open_reader = open_reader
         self._reader: BackfillReader | None = None
+        self.database = database or DependencyStatus()
+        """The last outcome of opening or reading the database (for ``/health``)."""
         self._published: dict[tuple[str, str], int] = dict(published or {})
         self._pending: dict[tuple[str, str], list[Row]] = {}
         # (stream, writer) keys not heard from since the last reconnect.
@@ -401,7 +405,9 @@ class Bridge:
                 self._publisher.publish(RdataCommand(stream, writer, token, typed_rows))
                 self._published[key] = top = token
                 rows += len(typed_rows)
-        except (BackfillError, EncodeError):
+        except (BackfillError, EncodeError) as exc:
+            if isinstance(exc, BackfillError):
+                self.database.failed(str(exc))
             self._close_reader()
             logger.exception("%s/%s: gap repair failed", stream, writer)
             self._unrepaired(key, top, to_token, "could not be read")
@@ -445,8 +451,10 @@ class Bridge:
             try:
                 self._reader = self._open_reader()
             except BackfillError as exc:
+                self.database.failed(str(exc))
                 logger.warning("cannot open the database for gap repair: %s", exc)
                 return None
+            self.database.succeeded()
         return self._reader
 
     def _close_reader(self) -> None:
