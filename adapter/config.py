@@ -17,6 +17,7 @@ messages.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "SECURITY_PROTOCOLS",
     "KafkaSettings",
     "Secret",
+    "check_bootstrap_servers",
     "default_prefix",
     "is_secret_key",
     "parse_overrides",
@@ -58,6 +60,13 @@ _SECRET_KEYS = frozenset(
 # Anything that looks like one of these is masked too (future librdkafka properties).
 _SECRET_WORDS = ("password", "secret", "passphrase", ".pem")
 _MASK = "***"
+# One bootstrap entry as librdkafka reads it: [proto://]host[:port].
+_BOOTSTRAP_ENTRY_RE = re.compile(
+    r"^(?:(?P<proto>[A-Za-z_]+)://)?"
+    r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]/\s]+)|(?P<bare>[0-9A-Fa-f:.]+))"
+    r"(?::(?P<port>[0-9]+))?$"
+)
+_HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +170,46 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query if parts.query else ""))
 
 
+def check_bootstrap_servers(servers: str) -> None:
+    """Refuse a bootstrap list librdkafka could not use, before any client exists.
+
+    librdkafka accepts almost any string and then fails to resolve it forever (a
+    ``notahost::::`` becomes the host ``[notahost::::]:9092``), so a typo would be
+    retried like an unreachable broker. Each comma-separated entry must be
+    ``[protocol://]host[:port]`` with a host name, an IPv4 address or an IPv6
+    address (bracketed when it has a port) and a port in 1..65535.
+
+    Raises:
+        ConfigError: an entry is empty or does not parse; the message names it.
+    """
+    for raw in servers.split(","):
+        entry = raw.strip()
+        match = _BOOTSTRAP_ENTRY_RE.match(entry)
+        if match is None or not _bootstrap_entry_ok(match):
+            raise ConfigError(
+                f"bootstrap servers {servers!r}: {entry!r} is not host:port "
+                "(an IPv6 address goes in brackets: [::1]:9092)"
+            )
+
+
+def _bootstrap_entry_ok(match: re.Match[str]) -> bool:
+    proto, port = match["proto"], match["port"]
+    if proto is not None and proto.upper() not in SECURITY_PROTOCOLS:
+        return False
+    if port is not None and not 0 < int(port) < 65536:
+        return False
+    if match["host"] is not None:
+        return bool(_HOST_RE.match(match["host"]))
+    # An unbracketed address with colons is read whole as an address (the regex
+    # leaves it no port), as librdkafka reads it.
+    ip6 = match["ip6"] if match["ip6"] is not None else match["bare"]
+    try:
+        ipaddress.IPv6Address(ip6)
+    except ValueError:
+        return False
+    return True
+
+
 def default_prefix(server_name: str) -> str:
     """The default topic prefix for a homeserver: ``synapse.<server_name>``."""
     return f"synapse.{server_name}"
@@ -215,6 +264,7 @@ class KafkaSettings:
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
             raise ConfigError("bootstrap servers must not be empty")
+        check_bootstrap_servers(self.bootstrap_servers)
         protocol = self.security_protocol.upper()
         if protocol not in SECURITY_PROTOCOLS:
             raise ConfigError(

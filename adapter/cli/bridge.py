@@ -39,13 +39,16 @@ from adapter.redis_io import ReplicationSubscriber
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.bridge import Bridge
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
-from adapter.runtime.health import Check, HealthServer
+from adapter.runtime.health import Check, DependencyStatus, HealthServer
 from adapter.runtime.lag import read_positions_topic
 from adapter.runtime.presence_view import PresenceFollower
 
 __all__ = ["bridge"]
 
 logger = logging.getLogger(__name__)
+
+# How often the producer's statistics (and so /health's broker check) are renewed.
+_STATS_INTERVAL_S = 2.0
 
 
 @app.command()
@@ -128,19 +131,28 @@ def bridge(
     subscriber = ReplicationSubscriber(
         redis_url(redis, redis_password_file), server_name
     )
+    dsn = db_dsn(db, db_password_file) if db else None
+    database = DependencyStatus()
+    # The producer of the current attempt (a new one after each Kafka failure).
+    current: list[Producer] = []
     server = None
     if metrics_port >= 0:
         server = HealthServer(
             metrics.registry,
             alive=lambda: Check(not stop.is_set(), "stopping"),
-            broker=lambda: Check(True),
+            broker=lambda: Check(
+                bool(current) and current[-1].broker_up, "no broker connection"
+            ),
             ready=lambda: {"redis": subscriber.connected},
+            dependencies={
+                "redis": lambda: Check(subscriber.connected, "not subscribed"),
+                **({"database": database.check} if dsn else {}),
+            },
             host=metrics_host,
             port=metrics_port,
         )
         server.start()
     backoff = Backoff()
-    dsn = db_dsn(db, db_password_file) if db else None
     failed = False
     windows = {
         "user_sync_window_ms": int(presence_sync_window * 1000),
@@ -167,7 +179,10 @@ def bridge(
                 client_id=f"synkafka-bridge-{server_name}",
                 metrics=metrics,
                 extra={"linger.ms": "2"},
+                # Statistics keep producer.broker_up current for /health.
+                stats_interval_s=_STATS_INTERVAL_S,
             )
+            current[:] = [producer]
             try:
                 published, presence = _read_state(settings, resolved)
                 Bridge(
@@ -180,6 +195,7 @@ def bridge(
                     presence=presence,
                     dead_letters=dead_letters,
                     presence_windows=windows,
+                    database=database,
                 ).run(stop)
                 backoff.reset()
             except KafkaIOError as exc:

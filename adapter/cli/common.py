@@ -48,10 +48,13 @@ from adapter.config import (
     with_url_password,
 )
 from adapter.errors import ConfigError
+from adapter.kafka.admin import Admin
+from adapter.kafka.client import CLIENT_LOGGER, check_client_config
 from adapter.masking import MaskingFormatter
 from adapter.topics import default_prefix
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "BootstrapOpt",
     "DbPasswordFileOpt",
     "InstanceOpt",
@@ -70,9 +73,12 @@ __all__ = [
     "SslKeyOpt",
     "SslKeyPasswordFileOpt",
     "SslKeyPasswordOpt",
+    "TimeoutOpt",
     "config_default_map",
     "db_dsn",
     "kafka_settings",
+    "quiet_client_log",
+    "reach_kafka",
     "read_secret",
     "redis_url",
     "require_server_name",
@@ -241,6 +247,19 @@ InstanceOpt = Annotated[
         help="This process's name; its consumer group is <prefix>.<instance-name>.",
     ),
 ]
+# Under 15 s in all with the interpreter's start-up, as the one-shot commands promise.
+DEFAULT_TIMEOUT_S = 10.0
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        envvar="SYNKAFKA_TIMEOUT",
+        min=0.1,
+        help="Seconds to wait for Kafka to answer before giving up with one line "
+        "naming the bootstrap servers.",
+        rich_help_panel=_KAFKA,
+    ),
+]
 LogLevelOpt = Annotated[
     str,
     typer.Option(
@@ -251,11 +270,39 @@ LogLevelOpt = Annotated[
 ]
 
 
+def reach_kafka(settings: KafkaSettings, timeout_s: float) -> Admin:
+    """An admin client whose broker answered within ``timeout_s``.
+
+    One-shot commands call it first, so that an unreachable broker (down, wrong
+    address, a SASL or TLS handshake that never completes) ends them within their
+    ``--timeout`` with one line: ``cannot reach Kafka at <servers> (<protocol>)
+    within 15 s: <reason>``. Each later request has the same timeout.
+
+    Raises:
+        KafkaIOError: no broker answered in time.
+    """
+    admin = Admin(settings, timeout_s=timeout_s)
+    admin.cluster_id()
+    return admin
+
+
+def quiet_client_log() -> None:
+    """Keep librdkafka's account of a failure out of a one-shot command's stderr.
+
+    A one-shot command reports its failure in its own single line ("cannot reach
+    Kafka at ..."); librdkafka's lines about the same failure, seen from inside,
+    would only repeat it. Long-running commands turn the log back on with
+    :func:`setup_logging`.
+    """
+    logging.getLogger(CLIENT_LOGGER).setLevel(logging.CRITICAL + 1)
+
+
 def setup_logging(level: str) -> None:
-    """Log to stderr in one line per record, with access tokens masked."""
+    """Log to stderr in one line per record (librdkafka's included), tokens masked."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigError(f"unknown log level {level!r}")
+    logging.getLogger(CLIENT_LOGGER).setLevel(logging.NOTSET)
     handler = logging.StreamHandler(sys.stderr)
     # Every line goes through the mask: a handler's exception, a driver's error or
     # a malformed record may quote an access token anywhere.
@@ -514,7 +561,12 @@ def with_kafka_options(func: Callable[..., _R]) -> Callable[..., _R]:
 
     The command declares ``kafka: KafkaSettings`` instead of a dozen options; the
     wrapper shows Typer the options (flags, ``SYNKAFKA_*`` variables, TOML keys) and
-    builds the settings from them, so every command spells them the same way.
+    builds the settings from them, so every command spells them the same way. The
+    settings are checked by librdkafka itself before the command runs
+    (:func:`~adapter.kafka.client.check_client_config`), so a bad ``-X`` or bootstrap
+    list is refused at once, the same way by every command. librdkafka's log is
+    quiet unless the command calls :func:`setup_logging` (see
+    :func:`quiet_client_log`).
     """
     signature = inspect.signature(func, eval_str=True)
     own = [p for name, p in signature.parameters.items() if name != "kafka"]
@@ -529,7 +581,10 @@ def with_kafka_options(func: Callable[..., _R]) -> Callable[..., _R]:
     def wrapper(*args: Any, **kwargs: Any) -> _R:
         options = {name: kwargs.pop(name) for name, _, _ in _KAFKA_OPTIONS}
         options["overrides"] = options.pop("x")
-        return func(*args, kafka=kafka_settings(**options), **kwargs)
+        settings = kafka_settings(**options)
+        check_client_config(settings)
+        quiet_client_log()
+        return func(*args, kafka=settings, **kwargs)
 
     params = own + added
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]

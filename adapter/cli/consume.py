@@ -193,6 +193,7 @@ def consume(
             alive=lambda: Check(not stop.is_set(), "stopping"),
             broker=lambda: Check(consumer.broker_up, "no broker connection"),
             ready=consumer.caught_up,
+            dependencies={"database": consumer.database.check} if dsn else None,
             host=metrics_host,
             port=metrics_port,
         )

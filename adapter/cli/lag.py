@@ -10,13 +10,15 @@ import typer
 from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
+    DEFAULT_TIMEOUT_S,
     PrefixOpt,
     ServerNameOpt,
+    TimeoutOpt,
+    reach_kafka,
     resolve_prefix,
     with_kafka_options,
 )
 from adapter.config import KafkaSettings
-from adapter.kafka.admin import Admin
 from adapter.kafka.consumer import Consumer
 from adapter.rows import STREAM_NAMES
 from adapter.runtime.lag import LagRow, measure_lag
@@ -91,6 +93,7 @@ def lag(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -101,7 +104,7 @@ def lag(
     """
     settings = kafka
     resolved = resolve_prefix(prefix, server_name)
-    admin = Admin(settings)
+    admin = reach_kafka(settings, timeout)
     reader_group = f"{resolved}.synkafka-lag-reader"
     groups = group or [
         g

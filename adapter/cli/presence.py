@@ -13,10 +13,13 @@ import typer
 from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
+    DEFAULT_TIMEOUT_S,
     InstanceOpt,
     LogLevelOpt,
     PrefixOpt,
     ServerNameOpt,
+    TimeoutOpt,
+    reach_kafka,
     resolve_prefix,
     setup_logging,
     with_kafka_options,
@@ -68,6 +71,7 @@ def presence(
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     expiry: ExpiryOpt = DEFAULT_EXPIRY_MS / 1000,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -100,6 +104,7 @@ def list_instances(
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
     expiry: ExpiryOpt = DEFAULT_EXPIRY_MS / 1000,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -114,6 +119,7 @@ def _from_command_line(ctx: typer.Context, name: str) -> bool:
 
 def _list(params: dict[str, Any], settings: KafkaSettings) -> None:
     prefix = resolve_prefix(params["prefix"], params["server_name"])
+    reach_kafka(settings, params["timeout"])
     reader = Consumer(
         settings,
         f"{prefix}.presence-list-{new_instance_id(8)}",

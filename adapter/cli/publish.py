@@ -14,8 +14,11 @@ import typer
 from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
+    DEFAULT_TIMEOUT_S,
     PrefixOpt,
     ServerNameOpt,
+    TimeoutOpt,
+    reach_kafka,
     resolve_prefix,
     with_kafka_options,
 )
@@ -108,6 +111,7 @@ def publish(
     ] = None,
     server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -116,6 +120,8 @@ def publish(
     Exits non-zero if any record was not acknowledged by the broker.
     """
     settings = kafka
+    # A producer queues records for an unreachable broker for minutes: find out first.
+    reach_kafka(settings, timeout)
     publisher = Publisher(Producer(settings), resolve_prefix(prefix, server_name))
     count = 0
     started = time.monotonic()
@@ -193,6 +199,7 @@ def tail(
     ] = False,
     server_name: ServerNameOpt = None,
     prefix: PrefixOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -202,6 +209,7 @@ def tail(
     settings = kafka
     resolved = resolve_prefix(prefix, server_name)
     topic = topics.stream_topic(resolved, stream)
+    reach_kafka(settings, timeout)
     reader = Consumer(
         settings,
         f"{resolved}.synkafka-tail",

@@ -10,13 +10,15 @@ import typer
 from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
+    DEFAULT_TIMEOUT_S,
     PrefixOpt,
     ServerNameOpt,
+    TimeoutOpt,
+    reach_kafka,
     resolve_prefix,
     with_kafka_options,
 )
 from adapter.config import KafkaSettings
-from adapter.kafka.admin import Admin
 from adapter.rows import STREAM_NAMES
 
 __all__ = ["topics_app"]
@@ -65,6 +67,7 @@ def ensure(
         bool,
         typer.Option("--alter", help="Also set expected configs on existing topics."),
     ] = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -73,7 +76,7 @@ def ensure(
     specs = _specs(
         resolve_prefix(prefix, server_name), stream, partitions, retention_days
     )
-    admin = Admin(settings)
+    admin = reach_kafka(settings, timeout)
     states = admin.describe_topics([s.name for s in specs])
     missing = [s for s in specs if not states[s.name].exists]
     with typer.progressbar(
@@ -114,6 +117,7 @@ def describe(
     partitions: PartitionsOpt = 1,
     retention_days: RetentionOpt = 7.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -125,7 +129,7 @@ def describe(
     specs = _specs(
         resolve_prefix(prefix, server_name), stream, partitions, retention_days
     )
-    states = Admin(settings).describe_topics([s.name for s in specs])
+    states = reach_kafka(settings, timeout).describe_topics([s.name for s in specs])
     report = []
     for spec in specs:
         state = states[spec.name]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as _TopicPartition
@@ -28,6 +28,7 @@ from confluent_kafka.admin import (
 
 from adapter.config import KafkaSettings
 from adapter.errors import KafkaIOError
+from adapter.kafka.client import client_log, config_error, where
 
 __all__ = ["Admin", "ExpectedTopic", "TopicState"]
 
@@ -80,18 +81,42 @@ class Admin:
 
     def __init__(self, settings: KafkaSettings, *, timeout_s: float = 30.0) -> None:
         self._timeout_s = timeout_s
+        self._where = where(settings)
         try:
-            self._client = AdminClient(dict(settings.to_librdkafka()))
+            conf: dict[str, Any] = {**settings.to_librdkafka(), "logger": client_log()}
+            self._client = AdminClient(conf)
         except KafkaException as exc:
-            raise _error(exc, "cannot create Kafka admin client") from exc
+            # Construction fails only on configuration: retrying cannot help.
+            raise config_error(exc, settings) from exc
 
     def cluster_id(self) -> str:
-        """The cluster's ID; also proves the broker answers metadata requests."""
+        """The cluster's ID; also proves the broker answers metadata requests.
+
+        Raises:
+            KafkaIOError: no broker answered within the timeout; the message names
+                the bootstrap servers (``cannot reach Kafka at ...``).
+        """
         try:
             meta = self._client.list_topics(timeout=self._timeout_s)
         except KafkaException as exc:
-            raise _error(exc, "broker did not answer a metadata request") from exc
+            raise _error(
+                exc,
+                f"cannot reach Kafka at {self._where} within {self._timeout_s:g} s",
+            ) from exc
         return str(meta.cluster_id)
+
+    def _result(self, future: Any, what: str) -> Any:
+        """``future.result()`` within the timeout; every failure a KafkaIOError."""
+        try:
+            return future.result(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise _error(exc, what) from exc
+        except FutureTimeout as exc:
+            raise KafkaIOError(
+                f"{what}: no answer from Kafka at {self._where} within "
+                f"{self._timeout_s:g} s",
+                retriable=True,
+            ) from exc
 
     def describe_topics(self, names: Sequence[str]) -> dict[str, TopicState]:
         """Partition count and every config of each named topic (missing ones too)."""
@@ -110,10 +135,7 @@ class Admin:
                 request_timeout=self._timeout_s,
             )
             for resource, future in futures.items():
-                try:
-                    entries = future.result(timeout=self._timeout_s)
-                except KafkaException as exc:
-                    raise _error(exc, f"cannot describe {resource.name}") from exc
+                entries = self._result(future, f"cannot describe {resource.name}")
                 configs[resource.name] = {
                     k: str(v.value) for k, v in entries.items() if v.value is not None
                 }
@@ -140,6 +162,12 @@ class Admin:
             try:
                 future.result(timeout=self._timeout_s)
                 created.append(name)
+            except FutureTimeout as exc:
+                raise KafkaIOError(
+                    f"cannot create topic {name}: no answer from Kafka at "
+                    f"{self._where} within {self._timeout_s:g} s",
+                    retriable=True,
+                ) from exc
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 if (
@@ -162,10 +190,7 @@ class Admin:
         )
         futures = self._client.incremental_alter_configs([resource])
         for future in futures.values():
-            try:
-                future.result(timeout=self._timeout_s)
-            except KafkaException as exc:
-                raise _error(exc, f"cannot alter configs of {name}") from exc
+            self._result(future, f"cannot alter configs of {name}")
 
     def group_offsets(
         self, group_id: str
@@ -199,16 +224,7 @@ class Admin:
         )
         out: dict[tuple[str, int], tuple[int, str | None]] = {}
         for future in futures.values():
-            try:
-                result = future.result(timeout=self._timeout_s)
-            except KafkaException as exc:
-                raise _error(exc, f"cannot list offsets of group {group_id}") from exc
-            except FutureTimeout as exc:
-                raise KafkaIOError(
-                    f"cannot list offsets of group {group_id}: no answer in "
-                    f"{self._timeout_s:.0f} s",
-                    retriable=True,
-                ) from exc
+            result = self._result(future, f"cannot list offsets of group {group_id}")
             tp: _TopicPartition
             for tp in result.topic_partitions or []:
                 if tp.offset >= 0:
@@ -218,8 +234,5 @@ class Admin:
     def list_groups(self) -> list[str]:
         """Every consumer group ID the cluster knows."""
         future = self._client.list_consumer_groups(request_timeout=self._timeout_s)
-        try:
-            result = future.result(timeout=self._timeout_s)
-        except KafkaException as exc:
-            raise _error(exc, "cannot list consumer groups") from exc
+        result = self._result(future, "cannot list consumer groups")
         return sorted(g.group_id for g in result.valid or [] if g.group_id)

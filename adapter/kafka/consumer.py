@@ -33,6 +33,7 @@ from confluent_kafka import Consumer as _ConfluentConsumer
 
 from adapter.config import KafkaSettings
 from adapter.errors import ConsumeError, KafkaIOError
+from adapter.kafka.client import client_log, config_error
 from adapter.kafka.records import KafkaRecord, from_message
 
 __all__ = [
@@ -149,6 +150,9 @@ class Consumer:
             settings' own ``-X`` overrides.
         on_stats: receives librdkafka's statistics (parsed JSON) every
             ``statistics.interval.ms`` if that is set.
+
+    Raises:
+        ConfigError: librdkafka refused the configuration.
     """
 
     def __init__(
@@ -168,6 +172,7 @@ class Consumer:
         conf.update(extra or {})
         conf.update(settings.to_librdkafka())
         conf["error_cb"] = self._on_client_error
+        conf["logger"] = client_log()
         if on_stats is not None:
             conf["stats_cb"] = lambda raw: on_stats(json.loads(raw))
         self.group_id = group_id
@@ -175,7 +180,8 @@ class Consumer:
         try:
             self._client = _ConfluentConsumer(conf)
         except KafkaException as exc:
-            raise _raise_from(exc, "cannot create Kafka consumer") from exc
+            # Construction fails only on configuration: retrying cannot help.
+            raise config_error(exc, settings) from exc
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal() or error.code() in _FATAL_CLIENT_ERRORS:
@@ -188,7 +194,8 @@ class Consumer:
                 # librdkafka repeats it on every reconnect: one line is enough.
                 logger.debug("Kafka consumer error: %s", error.str())
         else:
-            logger.warning("Kafka consumer: %s", error.str())
+            # Transient (broker down): librdkafka repeats it on every reconnect.
+            client_log().emit(logging.WARNING, error.str(), "Kafka consumer")
 
     def check(self) -> None:
         """Raise the first fatal client error seen so far, if any."""

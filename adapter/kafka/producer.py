@@ -10,6 +10,7 @@ failed) are raised the same way.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,11 +22,11 @@ from confluent_kafka import Producer as _ConfluentProducer
 
 from adapter.config import KafkaSettings
 from adapter.errors import DeliveryError, KafkaIOError
+from adapter.kafka.client import client_log, config_error, connected_to_a_broker
 from adapter.metrics import Metrics
 
 __all__ = ["DEFAULT_PRODUCER_CONFIG", "Delivered", "Producer"]
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_PRODUCER_CONFIG: Mapping[str, str] = {
     "enable.idempotence": "true",
@@ -73,6 +74,8 @@ class Producer:
         extra: more librdkafka properties, applied after the defaults and before the
             settings' own ``-X`` overrides.
         metrics: where to count records out and delivery failures.
+        stats_interval_s: how often librdkafka reports statistics (served by
+            :meth:`poll`), from which :attr:`broker_up` is kept; 0 turns them off.
     """
 
     def __init__(
@@ -82,11 +85,15 @@ class Producer:
         client_id: str = "synkafka",
         extra: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
+        stats_interval_s: float = 0.0,
     ) -> None:
         conf: dict[str, str] = {"client.id": client_id, **DEFAULT_PRODUCER_CONFIG}
+        if stats_interval_s > 0:
+            conf["statistics.interval.ms"] = str(max(1, int(stats_interval_s * 1000)))
         conf.update(extra or {})
         conf.update(settings.to_librdkafka())
         self._conf = conf
+        self._settings = settings
         self._metrics = metrics
         self._client: _ConfluentProducer | None = None
         self._failure: KafkaIOError | None = None
@@ -95,21 +102,40 @@ class Producer:
         self._unpolled = 0
         self._polled_at = 0.0
         self.acknowledged = 0
+        self.broker_up = False
+        """Whether the last statistics showed a connection to a broker (needs
+        ``stats_interval_s``)."""
         self.on_lag: Callable[[float], None] | None = None
         """Called with the seconds from ``received_s`` to the acknowledgement of
         every record produced with a ``received_s``."""
 
     @property
     def client(self) -> _ConfluentProducer:
-        """The underlying confluent producer (created lazily)."""
+        """The underlying confluent producer (created lazily).
+
+        Raises:
+            ConfigError: librdkafka refused the configuration.
+        """
         if self._client is None:
             conf: dict[str, object] = dict(self._conf)
             conf["error_cb"] = self._on_client_error
+            conf["logger"] = client_log()
+            if "statistics.interval.ms" in conf:
+                conf["stats_cb"] = self._on_stats
             try:
                 self._client = _ConfluentProducer(conf)
             except KafkaException as exc:
-                raise KafkaIOError(f"cannot create Kafka producer: {exc}") from exc
+                # Construction fails only on configuration: retrying cannot help.
+                raise config_error(exc, self._settings) from exc
         return self._client
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            stats = json.loads(raw)
+        except ValueError:
+            return
+        if isinstance(stats, dict):
+            self.broker_up = connected_to_a_broker(stats)
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal() or error.code() in _FATAL_CLIENT_ERRORS:
@@ -117,10 +143,12 @@ class Producer:
                 self._failure = KafkaIOError(
                     f"Kafka producer failed: {error.str()}", code=error.name()
                 )
-            logger.error("Kafka producer error: %s", error.str())
+            # librdkafka repeats it on every reconnect.
+            client_log().emit(logging.ERROR, error.str(), "Kafka producer error")
         else:
-            # Transient (broker down, connection refused): librdkafka retries.
-            logger.warning("Kafka producer: %s", error.str())
+            # Transient (broker down, connection refused): librdkafka retries, and
+            # reports it again on every attempt.
+            client_log().emit(logging.WARNING, error.str(), "Kafka producer")
 
     def produce(
         self,

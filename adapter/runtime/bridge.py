@@ -71,6 +71,7 @@ from adapter.redis_io import RedisMessage, ReplicationSubscriber
 from adapter.rows import PresenceRow, Row
 from adapter.runtime.consumer import GC_THRESHOLD
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
+from adapter.runtime.health import DependencyStatus
 from adapter.runtime.presence_view import TOMBSTONE_HEADER
 from adapter.runtime.progress import Progress, ProgressReporter
 from adapter.runtime.publisher import Publisher
@@ -150,6 +151,7 @@ class Bridge:
         on_lag: Callable[[float], None] | None = None,
         dead_letters: DeadLetterWriter,
         presence_windows: Mapping[str, int] | None = None,
+        database: DependencyStatus | None = None,
     ) -> None:
         self._subscriber = subscriber
         self._dead_letters = dead_letters
@@ -159,6 +161,8 @@ class Bridge:
         self._metrics = metrics
         self._open_reader = open_reader
         self._reader: BackfillReader | None = None
+        self.database = database or DependencyStatus()
+        """The last outcome of opening or reading the database (for ``/health``)."""
         self._published: dict[tuple[str, str], int] = dict(published or {})
         self._pending: dict[tuple[str, str], list[Row]] = {}
         # (stream, writer) keys not heard from since the last reconnect.
@@ -388,7 +392,9 @@ class Bridge:
                 self._publisher.publish(RdataCommand(stream, writer, token, typed_rows))
                 self._published[key] = top = token
                 rows += len(typed_rows)
-        except (BackfillError, EncodeError):
+        except (BackfillError, EncodeError) as exc:
+            if isinstance(exc, BackfillError):
+                self.database.failed(str(exc))
             self._close_reader()
             logger.exception("%s/%s: gap repair failed", stream, writer)
             self._unrepaired(key, top, to_token, "could not be read")
@@ -432,8 +438,10 @@ class Bridge:
             try:
                 self._reader = self._open_reader()
             except BackfillError as exc:
+                self.database.failed(str(exc))
                 logger.warning("cannot open the database for gap repair: %s", exc)
                 return None
+            self.database.succeeded()
         return self._reader
 
     def _close_reader(self) -> None:

@@ -54,6 +54,7 @@ from adapter.errors import (
     KafkaIOError,
     SinkError,
 )
+from adapter.kafka.client import connected_to_a_broker
 from adapter.kafka.consumer import (
     BEGINNING,
     Committed,
@@ -77,6 +78,7 @@ from adapter.positions import (
     encode_commit_metadata,
 )
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
+from adapter.runtime.health import DependencyStatus
 from adapter.runtime.progress import Progress
 from adapter.runtime.stream_worker import (
     BackfillWork,
@@ -229,6 +231,7 @@ class ReplicationConsumer:
         metrics: Metrics,
         backoff: Backoff | None = None,
         before_commit: Callable[[], None] | None = None,
+        database: DependencyStatus | None = None,
     ) -> None:
         if not options.streams:
             raise AdapterError("no streams to follow")
@@ -239,6 +242,8 @@ class ReplicationConsumer:
         self._metrics = metrics
         self._backoff = backoff or Backoff()
         self._before_commit = before_commit
+        self.database = database or DependencyStatus()
+        """The last outcome of opening or reading the database (for ``/health``)."""
         self._streams: dict[str, _StreamState] = {}
         self._by_topic: dict[str, _StreamState] = {}
         self._lock = threading.Lock()
@@ -320,6 +325,8 @@ class ReplicationConsumer:
             try:
                 self._run_once(stop)
             except (KafkaIOError, BackfillError) as exc:
+                if isinstance(exc, BackfillError):
+                    self.database.failed(str(exc))
                 fatal = (
                     isinstance(exc, KafkaIOError) and exc.code in _FATAL_CODES
                 ) or (isinstance(exc, BackfillError) and not exc.retriable)
@@ -350,6 +357,8 @@ class ReplicationConsumer:
         stopped = False
         try:
             reader = self._open_reader() if self._open_reader is not None else None
+            if reader is not None:
+                self.database.succeeded()
             tracker = self._set_up(consumer, reader, worker_stop)
             if reader is not None:
                 reader.close()
@@ -993,14 +1002,8 @@ class ReplicationConsumer:
 
     def _on_stats(self, stats: Mapping[str, object]) -> None:
         """Export per-partition consumer lag from librdkafka's statistics."""
-        brokers = stats.get("brokers")
-        if isinstance(brokers, dict):
-            self.broker_up = any(
-                isinstance(b, dict)
-                and b.get("state") == "UP"
-                and b.get("nodeid", -1) != -1
-                for b in brokers.values()
-            )
+        if isinstance(stats.get("brokers"), dict):
+            self.broker_up = connected_to_a_broker(stats)
         topics_stats = stats.get("topics")
         if not isinstance(topics_stats, dict):
             return

@@ -11,10 +11,12 @@ flag or a timestamp; never call the broker from here).
 Endpoints:
 
 * ``GET /metrics``: the given registry in Prometheus' text format.
-* ``GET /health``: ``200 ok`` when ``alive()`` and ``broker()`` both pass, else
-  ``503`` with one line naming the failed check and its reason.
-* ``GET /ready``: ``200`` when ``ready()`` reports every stream caught up, else
-  ``503``; the body is JSON either way::
+* ``GET /health``: ``200 ok`` when ``alive()``, ``broker()`` and every other
+  dependency check (Redis, the database) pass, else ``503`` with one line naming
+  the failed check and its reason (``redis unreachable: ...``).
+* ``GET /ready``: ``200`` when ``/health`` passes and ``ready()`` reports every
+  stream caught up, else ``503``; the body is JSON either way (with
+  ``"unhealthy": "<the /health line>"`` when a check failed)::
 
       {
           "ready": false,
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "Check",
+    "DependencyStatus",
     "HealthServer",
     "Probe",
     "Readiness",
@@ -73,6 +76,35 @@ class Check:
     reason: str = ""
 
 
+class DependencyStatus:
+    """The last known state of a dependency, set where it is used, read by a probe.
+
+    For a dependency used now and then (the database, opened for a backfill or a
+    gap repair): the code that uses it reports each outcome with :meth:`failed` or
+    :meth:`succeeded`, and :meth:`check` (a :data:`Probe`) answers from that, without
+    I/O. It starts healthy: nothing has failed yet.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._check = Check(True)
+
+    def succeeded(self) -> None:
+        """The dependency answered."""
+        with self._lock:
+            self._check = Check(True)
+
+    def failed(self, reason: str) -> None:
+        """The dependency failed; ``reason`` shows on ``/health``."""
+        with self._lock:
+            self._check = Check(False, reason)
+
+    def check(self) -> Check:
+        """The last outcome, as a probe answer."""
+        with self._lock:
+            return self._check
+
+
 Probe: TypeAlias = Callable[[], Check]
 """A liveness check: cheap, thread-safe, never blocking on I/O."""
 
@@ -88,6 +120,8 @@ class HealthServer:
         alive: whether the process's own loop is running.
         broker: whether the Kafka broker was reachable recently.
         ready: caught-up state per stream.
+        dependencies: more checks, by what they check (``redis``, ``database``);
+            a failed one shows on ``/health`` as ``<name> unreachable: <reason>``.
         host: address to bind; ``0.0.0.0`` only inside a container network.
         port: port to bind; 0 picks a free one (see :attr:`port`).
 
@@ -115,6 +149,7 @@ class HealthServer:
         alive: Probe,
         broker: Probe,
         ready: Readiness,
+        dependencies: Mapping[str, Probe] | None = None,
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
     ) -> None:
@@ -124,6 +159,7 @@ class HealthServer:
         self._alive = alive
         self._broker = broker
         self._ready = ready
+        self._dependencies = dict(dependencies or {})
         self._host = host
         self._port = port
         self._httpd: _Server | None = None
@@ -228,21 +264,36 @@ class HealthServer:
         body, content_type = render_latest(self._registry)
         return HTTPStatus.OK, content_type, body
 
-    def _health(self) -> tuple[HTTPStatus, str, bytes]:
-        probes = (("not alive", self._alive), ("broker unreachable", self._broker))
+    def _failed_check(self) -> str | None:
+        """The ``/health`` line of the first failed check, or None when all pass."""
+        probes = [("not alive", self._alive), ("broker unreachable", self._broker)]
+        probes += [(f"{name} unreachable", p) for name, p in self._dependencies.items()]
         for name, probe in probes:
             check = probe()
             if not check.ok:
                 reason = " ".join(check.reason.split())  # one line, always
-                line = f"{name}: {reason}" if reason else name
-                return HTTPStatus.SERVICE_UNAVAILABLE, _TEXT, f"{line}\n".encode()
+                return f"{name}: {reason}" if reason else name
+        return None
+
+    def _health(self) -> tuple[HTTPStatus, str, bytes]:
+        line = self._failed_check()
+        if line is not None:
+            return HTTPStatus.SERVICE_UNAVAILABLE, _TEXT, f"{line}\n".encode()
         return HTTPStatus.OK, _TEXT, b"ok\n"
 
     def _readiness(self) -> tuple[HTTPStatus, str, bytes]:
         streams = {str(k): bool(v) for k, v in self._ready().items()}
         behind = sorted(name for name, caught_up in streams.items() if not caught_up)
-        body = {"ready": not behind, "not_caught_up": behind, "streams": streams}
-        status = HTTPStatus.SERVICE_UNAVAILABLE if behind else HTTPStatus.OK
+        # Not ready while a dependency is down, even with every stream caught up.
+        unhealthy = self._failed_check()
+        body: dict[str, object] = {
+            "ready": not behind and unhealthy is None,
+            "not_caught_up": behind,
+            "streams": streams,
+        }
+        if unhealthy is not None:
+            body["unhealthy"] = unhealthy
+        status = HTTPStatus.OK if body["ready"] else HTTPStatus.SERVICE_UNAVAILABLE
         return status, _JSON, json.dumps(body, sort_keys=True).encode() + b"\n"
 
 

@@ -1,0 +1,246 @@
+"""Failures as a user meets them: configuration errors, an unreachable broker, floods.
+
+Each command runs as a real process. Configuration errors must end it at once with
+one line; an unreachable broker must end a one-shot command within its timeout with
+one line naming the bootstrap servers; nothing prints librdkafka's raw log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapter.localstack import KafkaBroker, RedisServer
+from adapter.localstack._process import free_port
+from tests.integration.harness import wait_for
+
+
+def run(
+    *args: str, timeout: float = 60
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``synkafka *args``; return the result and the seconds it took."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "adapter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "SYNKAFKA_METRICS_PORT": "-1"},
+        check=False,
+    )
+    return done, time.monotonic() - started
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a failed command (asserting there is only one)."""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("synkafka: error: "), done.stderr
+    # A configuration or runtime failure, never a crash (1) or success (0).
+    assert done.returncode not in (0, 1), done.stderr
+    return lines[0]
+
+
+BAD_CONFIGS = [
+    (
+        ["-X", "no.such.property=1"],
+        'No such configuration property: "no.such.property"',
+    ),
+    (["-X", "fetch.max.bytes=notanumber"], '"fetch.max.bytes"'),
+    (["-b", "notahost::::"], "'notahost::::' is not host:port"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_CONFIGS)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["consume", "--no-progress"],
+        ["bridge", "--redis", "redis://127.0.0.1:1", "--server-name", "cfg.test"],
+        ["topics", "ensure"],
+        ["lag"],
+    ],
+    ids=["consume", "bridge", "topics-ensure", "lag"],
+)
+def test_configuration_errors_end_every_command_at_once_with_one_line(
+    command: list[str], flags: list[str], message: str
+) -> None:
+    # Nothing listens there: a command that tried to connect would wait, not exit.
+    dead = f"127.0.0.1:{free_port()}"
+    args = [*command, "-b", dead, *flags]
+    done, took = run(*args)
+    line = one_error_line(done)
+    assert message in line
+    # Startup (imports) is most of it; a retry loop would take 20 s or more.
+    assert took < 15, f"{args} took {took:.1f} s"
+
+
+@pytest.mark.parametrize(
+    ("command", "timeout_flag"),
+    [
+        (["lag"], []),  # the default timeout
+        (["topics", "describe"], ["--timeout", "2"]),
+        (["tail", "events"], ["--timeout", "2"]),
+        (["presence"], ["--timeout", "2"]),
+        (["publish", "/dev/null"], ["--timeout", "2"]),
+        (
+            [
+                "lag",
+                "--security-protocol",
+                "SASL_PLAINTEXT",
+                "--sasl-mechanism",
+                "PLAIN",
+                "--kafka-username",
+                "u",
+                "--kafka-password",
+                "sekret-pw",
+            ],
+            ["--timeout", "2"],
+        ),
+    ],
+    ids=["lag", "topics-describe", "tail", "presence", "publish", "lag-sasl"],
+)
+def test_one_shot_commands_give_up_on_an_unreachable_broker_with_one_line(
+    command: list[str], timeout_flag: list[str]
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    done, took = run(*command, "-b", dead, *timeout_flag)
+    line = one_error_line(done)
+    assert f"cannot reach Kafka at {dead}" in line
+    assert "sekret-pw" not in done.stderr
+    limit = 15 if not timeout_flag else 2 + 8  # start-up of a loaded machine
+    assert took < limit, f"{command} took {took:.1f} s: {line}"
+
+
+def _status(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@pytest.fixture(scope="module")
+def own_broker() -> Iterator[KafkaBroker]:
+    """A broker of this module's own, which the tests stop and restart."""
+    broker = KafkaBroker()
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.close()
+
+
+def _start(args: list[str], stderr_path: Path) -> subprocess.Popen[bytes]:
+    with stderr_path.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "adapter", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_consume_with_the_broker_down_logs_little_and_health_follows_the_broker(
+    own_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    boot = own_broker.bootstrap_servers
+    prefix = ["--prefix", "flood.test"]
+    ensured, _ = run("topics", "ensure", "-b", boot, *prefix, "--stream", "typing")
+    assert ensured.returncode == 0, ensured.stderr
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/health"
+    err = tmp_path / "consume.err"
+    proc = _start(
+        [
+            "consume",
+            "-b",
+            boot,
+            *prefix,
+            "--stream",
+            "typing",
+            "--no-progress",
+            "--metrics-port",
+            str(port),
+            "--from",
+            "latest",
+        ],
+        err,
+    )
+    try:
+        wait_for(lambda: _status(health)[0] == 200, 60, "/health 200")
+        own_broker.stop()
+        stopped_at = len(err.read_bytes().splitlines())
+        wait_for(lambda: _status(health)[0] == 503, 30, "/health 503 without Kafka")
+        assert "broker unreachable" in _status(health)[1]
+        # Before deduplication: about 40 lines a second, half of them raw.
+        lines = err.read_bytes().splitlines()[stopped_at:]
+        assert not any(line.startswith(b"%") for line in lines), lines
+        assert len(lines) <= 12, b"\n".join(lines).decode()
+        own_broker.start()
+        wait_for(lambda: _status(health)[0] == 200, 90, "/health 200 after restart")
+    finally:
+        _stop(proc)
+        if not own_broker.running():
+            own_broker.start()
+
+
+def test_bridge_health_follows_kafka_and_redis(
+    own_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    boot = own_broker.bootstrap_servers
+    ensured, _ = run("topics", "ensure", "-b", boot, "--server-name", "health.test")
+    assert ensured.returncode == 0, ensured.stderr
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/health"
+    ready = f"http://127.0.0.1:{port}/ready"
+    proc = _start(
+        [
+            "bridge",
+            "-b",
+            boot,
+            "--redis",
+            redis_server.url,
+            "--server-name",
+            "health.test",
+            "--metrics-port",
+            str(port),
+        ],
+        tmp_path / "bridge.err",
+    )
+    try:
+        wait_for(lambda: _status(health)[0] == 200, 60, "/health 200")
+        own_broker.stop()
+        wait_for(lambda: _status(health)[0] == 503, 30, "/health 503 without Kafka")
+        assert "broker unreachable" in _status(health)[1]
+        assert _status(ready)[0] == 503
+        own_broker.start()
+        wait_for(lambda: _status(health)[0] == 200, 90, "/health 200 with Kafka back")
+        redis_server.stop()
+        wait_for(lambda: _status(health)[0] == 503, 30, "/health 503 without Redis")
+        assert "redis unreachable" in _status(health)[1]
+        redis_server.start()
+        wait_for(lambda: _status(health)[0] == 200, 60, "/health 200 with Redis back")
+        assert _status(ready)[0] == 200
+    finally:
+        _stop(proc)
+        if not redis_server.running():
+            redis_server.start()
