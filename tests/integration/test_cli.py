@@ -18,6 +18,7 @@ def synkafka(
     input_text: str | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 60,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "adapter", *args],
@@ -27,6 +28,7 @@ def synkafka(
         timeout=timeout,
         env={**os.environ, **(env or {})},
         check=False,
+        cwd=cwd,
     )
 
 
@@ -235,3 +237,32 @@ def test_secrets_never_show_in_help_or_errors(
     assert failed.returncode == 2
     assert secret not in failed.stdout + failed.stderr
     assert "needs a SASL mechanism" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("db", "message"),
+    [
+        ("homeserver.db", "--db: not a database DSN: 'homeserver.db'"),
+        (
+            "host=127.0.0.1 dbname=synapse password=hunter2 stray",
+            "--db: not a valid libpq key=value string",
+        ),
+        (
+            "sqlite:///{tmp}/missing.db",
+            "SQLite database {tmp}/missing.db does not exist",
+        ),
+    ],
+)
+def test_consume_refuses_a_bad_db_in_one_line_and_creates_no_file(
+    common: list[str], tmp_path: Path, db: str, message: str
+) -> None:
+    db = db.format(tmp=tmp_path)
+    result = synkafka(
+        "consume", "--stream", "receipts", "--metrics-port", "-1", "--no-progress",
+        "--db", db, *common, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"synkafka: error: {message.format(tmp=tmp_path)}"), line
+    assert "hunter2" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the DSN nor the path became a file

@@ -232,5 +232,5 @@ def test_db_dsn_adds_the_password_file_to_postgresql_only(tmp_path: Path) -> Non
     env = {"SYNKAFKA_DB_PASSWORD_FILE": str(password_file)}
     assert db_dsn("postgresql://u@h/d", env=env) == "postgresql://u:pg%20pass@h/d"
     assert db_dsn("sqlite:///x.db", env={}) == "sqlite:///x.db"
-    with pytest.raises(ConfigError, match="needs a postgresql:// DSN"):
+    with pytest.raises(ConfigError, match="needs a PostgreSQL DSN"):
         db_dsn("sqlite:///x.db", password_file, env={})
