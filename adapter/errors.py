@@ -41,6 +41,7 @@ __all__ = [
     "UnknownCommandError",
     "UnknownStreamDecodeError",
     "UnknownStreamError",
+    "exception_summary",
 ]
 
 
@@ -135,3 +136,20 @@ class BackfillError(AdapterError):
     def __init__(self, message: str, *, retriable: bool = True) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+def exception_summary(exc: BaseException) -> str:
+    """One line for an exception synkafka did not raise itself (a handler's, say).
+
+    ``RuntimeError: the message``, whitespace folded so a multi-line message stays one
+    line. Every message built from a foreign exception goes through here, so masking
+    secrets it may quote (an access token in a handler's error) is added in one place.
+
+    Args:
+        exc: the exception.
+
+    Returns:
+        Its type name and message, on one line.
+    """
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -38,7 +38,13 @@ from adapter.backoff import Backoff
 from adapter.codec import decode_update
 from adapter.commands import PositionCommand, RdataCommand
 from adapter.config import KafkaSettings
-from adapter.errors import AdapterError, BackfillError, DecodeError, KafkaIOError
+from adapter.errors import (
+    AdapterError,
+    BackfillError,
+    DecodeError,
+    KafkaIOError,
+    exception_summary,
+)
 from adapter.kafka.consumer import (
     BEGINNING,
     Committed,
@@ -699,7 +705,7 @@ class ReplicationConsumer:
                 if isinstance(failure, AdapterError):
                     raise failure
                 raise AdapterError(
-                    f"stream {state.name} failed: {failure}"
+                    f"stream {state.name} failed: {exception_summary(failure)}"
                 ) from failure
 
     def _commit(self, consumer: Consumer) -> None:

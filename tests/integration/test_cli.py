@@ -345,3 +345,32 @@ def test_publish_unreadable_input_is_one_line_not_a_traceback(
     assert line.startswith("synkafka: error: "), line
     assert message in line
     assert line.endswith("; nothing was published")
+
+
+def test_a_handler_that_keeps_failing_stops_consume_with_one_error_line(
+    common: list[str], tmp_path: Path
+) -> None:
+    assert synkafka("topics", "ensure", "--stream", "receipts", *common).returncode == 0
+    published = synkafka("publish", *common, input_text=_receipt_line(1) + "\n")
+    assert published.returncode == 0, published.stderr
+    (tmp_path / "failing_handler.py").write_text(
+        "def handle(update):\n"
+        "    raise RuntimeError('no room for\\n  ' + str(update.token))\n"
+    )
+    result = synkafka(
+        "consume", "--stream", "receipts", "--from", "earliest",
+        "--handler", "failing_handler:handle", "--on-handler-error", "stop",
+        "--instance-name", "failing", "--metrics-port", "-1", "--no-progress",
+        *common, env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # a runtime failure
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    retries = [x for x in lines if " WARNING " in x and "handler for receipts" in x]
+    assert len(retries) == 5  # handler_retries, each one line
+    for n, line in enumerate(retries, start=1):
+        assert line.endswith(f"failed (attempt {n}/5): RuntimeError: no room for 1")
+    assert lines[-1] == (
+        "synkafka: error: stream receipts: handler failed 5 times: RuntimeError: "
+        "no room for 1; stopping without committing past token 1"
+    )

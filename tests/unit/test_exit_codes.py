@@ -1,4 +1,5 @@
-"""The exit-code scheme: configuration and usage errors 2, runtime failures 1."""
+"""The exit-code scheme (usage and configuration errors 2, runtime failures 1) and
+the one-line summary of a foreign exception."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from adapter.errors import (
     SchemaError,
     ServiceError,
     UnknownStreamError,
+    exception_summary,
 )
 
 
@@ -63,3 +65,10 @@ def test_a_usage_error_and_a_config_error_share_code_2_with_one_line() -> None:
     bad_level = _synkafka("consume", "--log-level", "LOUD", "--metrics-port", "-1")
     assert bad_level.returncode == EXIT_CONFIG
     assert bad_level.stderr.strip() == "synkafka: error: unknown log level 'LOUD'"
+
+
+def test_a_foreign_exception_is_summarised_on_one_line() -> None:
+    assert exception_summary(RuntimeError("no room\n\tfor 1")) == (
+        "RuntimeError: no room for 1"
+    )
+    assert exception_summary(KeyError()) == "KeyError"
