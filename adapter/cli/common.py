@@ -447,6 +447,12 @@ def config_default_map(path: Path, commands: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to read") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start + 1})"
+        ) from None
 
     def norm(table: dict[str, Any]) -> dict[str, Any]:
         return {
