@@ -25,6 +25,8 @@ runtime; errors from our own inputs surface at once.
 
 from __future__ import annotations
 
+from adapter.masking import mask_access_tokens
+
 __all__ = [
     "AdapterError",
     "BackfillError",
@@ -42,6 +44,7 @@ __all__ = [
     "UnknownCommandError",
     "UnknownStreamDecodeError",
     "UnknownStreamError",
+    "exception_summary",
 ]
 
 
@@ -144,3 +147,20 @@ class SinkError(AdapterError):
     Not retried and never dead-lettered: the consumer stops without committing past
     the update that was not written.
     """
+
+
+def exception_summary(exc: BaseException) -> str:
+    """One line for an exception synkafka did not raise itself (a handler's, say).
+
+    ``RuntimeError: the message``, whitespace folded so a multi-line message stays one
+    line, with access tokens masked. Every message built from a foreign exception goes
+    through here, so a token it quotes (in a handler's error, say) never shows.
+
+    Args:
+        exc: the exception.
+
+    Returns:
+        Its type name and message, on one line.
+    """
+    text = mask_access_tokens(" ".join(str(exc).split()))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -50,7 +50,7 @@ WRITER = "event_persister1"
 
 def write_events(dsn: str, rows: int) -> tuple[int, int]:
     """Write ``rows`` events; return the token range ``(first, last)``."""
-    with connect(dsn) as conn:
+    with connect(dsn, create=True) as conn:
         create_synapse_tables(conn)
         writer = SynapseWriter(conn, WRITER)
         result = writer.bulk_events(

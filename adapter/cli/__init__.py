@@ -1,8 +1,10 @@
 """The ``synkafka`` command line.
 
 Each command lives in its own module and registers itself on :data:`app`.
-``main`` maps :class:`~adapter.errors.AdapterError` to one line on stderr and exit
-code 2; anything else is a bug and keeps its traceback (exit code 1).
+``main`` turns every :class:`~adapter.errors.AdapterError` into one line on stderr
+and the exit code :mod:`adapter.cli.exit_codes` assigns it (2 for usage and
+configuration errors, 1 for runtime failures); anything else is a bug and keeps its
+traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from adapter.cli import publish as _publish  # noqa: F401
 from adapter.cli import schemas as _schemas  # noqa: F401
 from adapter.cli import topics as _topics  # noqa: F401
 from adapter.cli._app import app
+from adapter.cli.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, exit_code_for
 from adapter.errors import AdapterError
 from adapter.masking import mask_access_tokens
 
@@ -33,18 +36,19 @@ def main() -> None:
         code = app(standalone_mode=False)
     except AdapterError as exc:
         typer.echo(f"synkafka: error: {mask_access_tokens(str(exc))}", err=True)
-        sys.exit(2)
+        sys.exit(exit_code_for(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("Aborted.", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as exc:
-        # Usage errors (bad options) arrive here because standalone mode is off.
+        # Usage errors (bad options, a missing argument) arrive here because
+        # standalone mode is off; they are all "fix the command", like ConfigError.
         show = getattr(exc, "show", None)
         if callable(show):
             show()
         else:
             typer.echo(f"synkafka: error: {mask_access_tokens(str(exc))}", err=True)
-        sys.exit(int(getattr(exc, "exit_code", 2)))
+        sys.exit(EXIT_CONFIG)
     sys.exit(code if isinstance(code, int) else 0)

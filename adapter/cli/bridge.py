@@ -69,7 +69,7 @@ def bridge(
         typer.Option(
             "--db",
             envvar="SYNKAFKA_DB",
-            help="Synapse's database, to repair gaps: postgresql://... or sqlite:///path.",
+            help="Synapse's database, to repair gaps: postgresql://..., a libpq key=value string or sqlite:///path.",
             show_default=False,
         ),
     ] = None,

@@ -47,6 +47,7 @@ from adapter.config import (
     parse_overrides,
     with_url_password,
 )
+from adapter.db.connection import dsn_with_password, parse_dsn
 from adapter.errors import ConfigError
 from adapter.kafka.admin import Admin
 from adapter.kafka.client import CLIENT_LOGGER, check_client_config
@@ -440,32 +441,41 @@ def db_dsn(
     *,
     env: Mapping[str, str] | None = None,
 ) -> str:
-    """A ``postgresql://`` DSN with its password from a file or the environment.
+    """Check a ``--db`` DSN and add its PostgreSQL password from a file or the environment.
 
-    The password comes from ``password_file``, else ``SYNKAFKA_DB_PASSWORD_FILE``.
-    Everything else (``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``,
-    ``passfile``...) is libpq's business: put it in the URL's query string, or use
-    libpq's ``PG*`` environment variables. SQLite DSNs pass through unchanged, and a
-    DSN without a configured password file too.
+    Accepted: ``postgresql://``/``postgres://`` URLs, libpq key=value strings
+    (``host=... dbname=synapse``, passed to psycopg as they are) and
+    ``sqlite:///path``; anything else, a bare file path included, is refused here,
+    before anything connects. The password comes from ``password_file``, else
+    ``SYNKAFKA_DB_PASSWORD_FILE``. Everything else (``sslmode``, ``sslrootcert``,
+    ``passfile``...) is libpq's business: put it in the DSN, or use libpq's ``PG*``
+    environment variables.
 
     Args:
-        dsn: ``postgresql://user@host/db?sslmode=verify-full`` or ``sqlite:///path``.
+        dsn: ``postgresql://user@host/db?sslmode=verify-full``,
+            ``host=db.internal dbname=synapse`` or ``sqlite:///path``.
         password_file: ``--db-password-file``.
         env: the environment to fall back on (``os.environ`` when None).
 
     Raises:
-        ConfigError: the password file cannot be read, or a password file was given
-            for a DSN that is not a ``postgresql://`` URL.
+        ConfigError: the DSN is not one of the accepted forms, the password file
+            cannot be read, or a password file was given for a SQLite DSN. The
+            message starts with ``--db:`` and never shows a password.
     """
+    try:
+        engine = parse_dsn(dsn).engine
+    except ConfigError as exc:
+        raise ConfigError(f"--db: {exc}") from None
     environ = os.environ if env is None else env
     if password_file is None:
         name = environ.get("SYNKAFKA_DB_PASSWORD_FILE")
         password_file = Path(name) if name else None
     if password_file is None:
         return dsn
-    if not dsn.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("a database password file needs a postgresql:// DSN")
-    return with_url_password(dsn, read_secret(None, password_file, "database password"))
+    if engine != "postgresql":
+        raise ConfigError("--db: a database password file needs a PostgreSQL DSN")
+    password = read_secret(None, password_file, "database password")
+    return dsn_with_password(dsn, password) if password is not None else dsn
 
 
 def resolve_prefix(prefix: str | None, server_name: str | None) -> str:
@@ -514,6 +524,12 @@ def config_default_map(path: Path, commands: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to read") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start + 1})"
+        ) from None
 
     def norm(table: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -67,7 +67,7 @@ def consume(
         typer.Option(
             "--db",
             envvar="SYNKAFKA_DB",
-            help="Synapse's database for backfill: postgresql://... or sqlite:///path.",
+            help="Synapse's database for backfill: postgresql://..., a libpq key=value string or sqlite:///path.",
             show_default=False,
         ),
     ] = None,

@@ -1,13 +1,22 @@
-"""``synkafka publish`` and ``synkafka tail``: write and read stream records by hand."""
+"""``synkafka publish`` and ``synkafka tail``: write and read stream records by hand.
+
+``publish`` reads its whole input first and checks every line (UTF-8, the line's
+syntax, non-negative tokens, a ``batch`` run closed by a token, the record's schema);
+only when all of it is valid does it produce anything, so a bad line means nothing was
+published. A delivery failure afterwards says which lines the broker acknowledged.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -22,17 +31,72 @@ from adapter.cli.common import (
     resolve_prefix,
     with_kafka_options,
 )
-from adapter.codec import decode
+from adapter.codec import decode, encode
 from adapter.commands import Command, PositionCommand, RdataCommand, parse_line
 from adapter.config import KafkaSettings
-from adapter.errors import ConfigError, DecodeError
+from adapter.errors import (
+    ConfigError,
+    DecodeError,
+    DeliveryError,
+    EncodeError,
+    KafkaIOError,
+)
 from adapter.kafka.consumer import BEGINNING, END, Consumer, PartitionStart
-from adapter.kafka.producer import Producer
+from adapter.kafka.producer import Delivered, DeliveryCallback, Producer
 from adapter.records import PresenceSnapshot
 from adapter.rows import STREAM_NAMES, row_from_wire, row_to_wire
 from adapter.runtime.publisher import Publisher
 
-__all__ = ["parse_input", "publish", "record_to_json", "tail"]
+__all__ = [
+    "NumberedCommand",
+    "decode_lines",
+    "line_ranges",
+    "parse_input",
+    "parse_numbered",
+    "publish",
+    "record_to_json",
+    "tail",
+    "validate",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NumberedCommand:
+    """A command read from the input and the line that completed it.
+
+    Attributes:
+        line: the 1-based input line (for a Synapse ``batch`` run, the line with the
+            token).
+        command: the command.
+    """
+
+    line: int
+    command: Command
+
+
+def decode_lines(raw_lines: Iterable[bytes]) -> Iterator[str]:
+    """Input lines as text, strictly UTF-8 (what Synapse sends).
+
+    Raises:
+        ConfigError: a line is not UTF-8 (with its line number and byte column).
+    """
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"line {number}: not UTF-8 text (byte {exc.start + 1}: "
+                f"{raw[exc.start : exc.start + 1]!r})"
+            ) from None
+
+
+def _json_token(obj: dict[str, Any], key: str) -> int:
+    """A token field of a JSON object: a non-negative JSON integer."""
+    value = obj[key]
+    # bool is an int subclass, and int() would take "5" or 5.9: neither is a token.
+    if type(value) is not int:
+        raise ValueError(f'"{key}" must be an integer, got {json.dumps(value)[:40]}')
+    return value
 
 
 def _json_command(obj: dict[str, Any], where: str) -> Command:
@@ -43,63 +107,168 @@ def _json_command(obj: dict[str, Any], where: str) -> Command:
             return RdataCommand(
                 stream,
                 str(obj["writer"]),
-                int(obj["token"]),
+                _json_token(obj, "token"),
                 tuple(row_from_wire(stream, row) for row in obj["rows"]),
             )
         if kind == "POSITION":
             return PositionCommand(
                 str(obj["stream"]),
                 str(obj["writer"]),
-                int(obj["prev"]),
-                int(obj["new"]),
+                _json_token(obj, "prev"),
+                _json_token(obj, "new"),
             )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: bad {kind} object: {exc!r}") from exc
+    except KeyError as exc:
+        raise ConfigError(f"{where}: bad {kind} object: no {exc} field") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: bad {kind} object: {exc}") from exc
     raise ConfigError(f'{where}: "command" must be RDATA or POSITION, got {kind!r}')
 
 
-def parse_input(lines: IO[str]) -> Iterator[Command]:
-    """Commands from JSON objects or Synapse lines, one per input line.
+def _check_tokens(command: Command, where: str) -> None:
+    """Refuse negative stream tokens: Synapse's positions start at 1 and only grow."""
+    if isinstance(command, RdataCommand):
+        tokens = [] if command.token is None else [command.token]
+    elif isinstance(command, PositionCommand):
+        tokens = [command.prev_token, command.new_token]
+    else:
+        return
+    if any(token < 0 for token in tokens):
+        raise ConfigError(f"{where}: a stream token cannot be negative: {tokens}")
+
+
+def _parse_json_line(line: str, where: str) -> Command:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested too deeply to read") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{where}: a JSON line must be one object")
+    return _json_command(obj, where)
+
+
+def parse_numbered(lines: Iterable[str]) -> Iterator[NumberedCommand]:
+    """Commands from JSON objects or Synapse lines, one per input line, numbered.
 
     JSON: ``{"command": "RDATA", "stream": s, "writer": w, "token": t, "rows": [...]}``
     (rows in Synapse's wire form) or ``{"command": "POSITION", "stream": s, "writer": w,
-    "prev": p, "new": n}``. Synapse lines (``RDATA events master 5 [...]``) may use
-    ``batch`` tokens; rows of one token are joined per (stream, writer).
+    "prev": p, "new": n}``; tokens are non-negative JSON integers. Synapse lines
+    (``RDATA events master 5 [...]``) may use ``batch`` tokens; rows of one token are
+    joined per (stream, writer), and a ``batch`` run must end with a line that has the
+    token. Blank lines and ``#`` comments are skipped.
 
     Raises:
-        ConfigError: a line is neither (with its line number).
+        ConfigError: a line is neither, a token is negative, or the input ends inside
+            a ``batch`` run (with the line number).
     """
-    # Rows of `batch` lines wait per (stream, writer) for the line with the token.
-    pending: dict[tuple[str, str], list[Any]] = {}
+    # Rows of `batch` lines wait per (stream, writer) for the line with the token,
+    # with the number of the run's first line for the error if it never comes.
+    pending: dict[tuple[str, str], tuple[int, list[Any]]] = {}
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         where = f"line {number}"
         if line.startswith("{"):
+            command = _parse_json_line(line, where)
+        else:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where}: not valid JSON: {exc.msg}") from exc
-            yield _json_command(obj, where)
-            continue
-        try:
-            command = parse_line(line)
-        except DecodeError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
+                command = parse_line(line)
+            except DecodeError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        _check_tokens(command, where)
         if isinstance(command, RdataCommand):
             key = (command.stream_name, command.instance_name)
-            rows = pending.setdefault(key, [])
+            rows = pending.setdefault(key, (number, []))[1]
             rows.extend(command.rows)
             if command.token is not None:
                 del pending[key]
-                yield RdataCommand(key[0], key[1], command.token, tuple(rows))
-        elif isinstance(command, PositionCommand):
+                yield NumberedCommand(
+                    number, RdataCommand(key[0], key[1], command.token, tuple(rows))
+                )
+            continue
+        if isinstance(command, PositionCommand):
             # Synapse drops a pending batch on POSITION: its rows are re-read.
             pending.pop((command.stream_name, command.instance_name), None)
-            yield command
+        yield NumberedCommand(number, command)
+    if pending:
+        (stream, writer), (first, rows) = min(pending.items(), key=lambda kv: kv[1][0])
+        raise ConfigError(
+            f"line {first}: RDATA {stream} {writer} batch: the input ends before a "
+            f"line with the token for its {len(rows)} row(s)"
+        )
+
+
+def parse_input(lines: Iterable[str]) -> Iterator[Command]:
+    """The commands of :func:`parse_numbered`, without their line numbers.
+
+    Raises:
+        ConfigError: see :func:`parse_numbered`.
+    """
+    for item in parse_numbered(lines):
+        yield item.command
+
+
+def validate(lines: Iterable[str]) -> list[NumberedCommand]:
+    """Parse every line and check that every record encodes, before anything is sent.
+
+    Raises:
+        ConfigError: the first bad line, named by its number.
+    """
+    checked = []
+    for item in parse_numbered(lines):
+        try:
+            encode(item.command)
+        except EncodeError as exc:
+            raise ConfigError(f"line {item.line}: {exc}") from None
+        checked.append(item)
+    return checked
+
+
+def line_ranges(numbers: Iterable[int]) -> str:
+    """``1-3, 7`` for the line numbers 1, 2, 3 and 7; ``none`` for none."""
+    ordered = sorted(set(numbers))
+    if not ordered:
+        return "none"
+    spans: list[list[int]] = [[ordered[0], ordered[0]]]
+    for n in ordered[1:]:
+        if n == spans[-1][1] + 1:
+            spans[-1][1] = n
         else:
-            yield command
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+@dataclass
+class _Acks:
+    """Which input lines the broker acknowledged (delivery reports, one thread)."""
+
+    lines: set[int] = field(default_factory=set)
+
+    def callback(self, line: int) -> DeliveryCallback:
+        def report(error: DeliveryError | None, delivered: Delivered | None) -> None:
+            if error is None and delivered is not None:
+                self.lines.add(line)
+
+        return report
+
+
+def _read_source(source: Path | None) -> list[str]:
+    """Every line of the file (or stdin), decoded; the only I/O before producing."""
+    if source is None:
+        return list(decode_lines(sys.stdin.buffer))
+    try:
+        with source.open("rb") as raw:
+            return list(decode_lines(raw))
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}") from None
+
+
+def _summary(checked: list[NumberedCommand], publisher: Publisher) -> str:
+    by_topic = Counter(publisher.topic_for(item.command) for item in checked)
+    parts = [f"{n} to {topic}" for topic, n in sorted(by_topic.items())]
+    return ", ".join(parts) if parts else "nothing to publish"
 
 
 @app.command()
@@ -117,21 +286,54 @@ def publish(
 ) -> None:
     """Publish RDATA/POSITION (and other commands) read one per line, for scripts and tests.
 
-    Exits non-zero if any record was not acknowledged by the broker.
+    The whole input is checked first: one bad line (its number is in the error) and
+    nothing is published (exit 2). Then every record is produced and acknowledged;
+    the last line says how many went to which topic. If the broker fails (exit 1),
+    the error says which lines it acknowledged.
     """
-    settings = kafka
+    name = str(source) if source is not None else "stdin"
+    try:
+        checked = validate(_read_source(source))
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}; nothing was published") from None
+    typer.echo(f"{name}: {len(checked)} records, all valid; publishing", err=True)
     # A producer queues records for an unreachable broker for minutes: find out first.
-    reach_kafka(settings, timeout)
-    publisher = Publisher(Producer(settings), resolve_prefix(prefix, server_name))
-    count = 0
+    reach_kafka(kafka, timeout)
+    publisher = Publisher(Producer(kafka), resolve_prefix(prefix, server_name))
+    acks = _Acks()
     started = time.monotonic()
-    with source.open(encoding="utf-8") if source else sys.stdin as lines:
-        for command in parse_input(lines):
-            publisher.publish(command)
-            count += 1
-    publisher.flush()
+    try:
+        for item in checked:
+            publisher.publish(item.command, on_delivery=acks.callback(item.line))
+        publisher.flush()
+    except KafkaIOError as exc:
+        raise _partial_failure(exc, publisher, checked, acks) from exc
     typer.echo(
-        f"published {count} records in {time.monotonic() - started:.2f} s", err=True
+        f"published {len(checked)} records in {time.monotonic() - started:.2f} s: "
+        f"{_summary(checked, publisher)}",
+        err=True,
+    )
+
+
+def _partial_failure(
+    exc: KafkaIOError,
+    publisher: Publisher,
+    checked: list[NumberedCommand],
+    acks: _Acks,
+) -> KafkaIOError:
+    """The failure, saying which lines the broker acknowledged and which it did not."""
+    # Records queued before the failure may still be acknowledged: wait for their
+    # reports so the line lists are exact. The failure itself is raised again here.
+    with contextlib.suppress(KafkaIOError):
+        publisher.producer.flush(10.0)
+    lines = [item.line for item in checked]
+    missing = [n for n in lines if n not in acks.lines]
+    return type(exc)(
+        f"{exc}; published lines: {line_ranges(acks.lines)} "
+        f"({len(acks.lines)} of {len(lines)} records); not published: "
+        f"{line_ranges(missing)}",
+        code=exc.code,
+        retriable=exc.retriable,
     )
 
 

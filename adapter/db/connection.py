@@ -1,8 +1,12 @@
 """The one place synkafka talks to a database driver.
 
-:func:`connect` opens Synapse's database: PostgreSQL through psycopg 3, or SQLite through
-the standard library's ``sqlite3``. :class:`DbConnection` wraps the driver connection so
-the rest of ``adapter.db`` never sees a driver type:
+:func:`connect` opens Synapse's database: PostgreSQL through psycopg 3, or SQLite
+through the standard library's ``sqlite3``. :func:`parse_dsn` decides which, without
+I/O: a ``postgresql://``/``postgres://`` URL or a libpq key=value string is
+PostgreSQL, ``sqlite:///path`` is SQLite, anything else is refused; a SQLite file is
+never created unless the dev stack asks for it (``create=True``).
+:class:`DbConnection` wraps the driver connection so the rest of ``adapter.db`` never
+sees a driver type:
 
 * SQL is written once with ``?`` placeholders and rewritten for psycopg (``%s``) here.
 * Every driver exception leaves as :class:`~adapter.errors.BackfillError`;
@@ -21,14 +25,26 @@ import functools
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
+from urllib.parse import quote
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from adapter.errors import BackfillError
+from adapter.config import Secret, redact_text, redact_url, with_url_password
+from adapter.errors import BackfillError, ConfigError
 
-__all__ = ["DbConnection", "Engine", "Params", "connect"]
+__all__ = [
+    "DbConnection",
+    "Dsn",
+    "Engine",
+    "Params",
+    "connect",
+    "dsn_with_password",
+    "parse_dsn",
+]
 
 Engine: TypeAlias = Literal["postgresql", "sqlite"]
 """The two database engines Synapse supports."""
@@ -38,6 +54,10 @@ Params: TypeAlias = Sequence[Any]
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
+_ACCEPTED: Final = (
+    "use postgresql://..., postgres://..., sqlite:///path/to/homeserver.db or a libpq "
+    "key=value string such as 'host=... dbname=synapse user=...'"
+)
 
 # SQLite messages that mean "try again later" rather than "your SQL is wrong".
 _SQLITE_RETRIABLE = ("database is locked", "database table is locked", "unable to open")
@@ -49,7 +69,7 @@ def _to_pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-def _translate(exc: Exception, what: str) -> BackfillError:
+def _translate(exc: Exception, what: str, secret: str | None = None) -> BackfillError:
     """Map a driver exception to :class:`BackfillError` with the right ``retriable``."""
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         # Lost or refused connections, admin shutdown, serialisation failures and
@@ -60,15 +80,18 @@ def _translate(exc: Exception, what: str) -> BackfillError:
         retriable = any(marker in text for marker in _SQLITE_RETRIABLE)
     else:
         retriable = False
-    return BackfillError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
+    # A driver may quote its connection string back; the password never shows. libpq
+    # adds a tab-indented hint line: the message stays one line.
+    text = " ".join(redact_text(str(exc), [secret]).split())
+    return BackfillError(f"{what}: {type(exc).__name__}: {text}", retriable=retriable)
 
 
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(what: str, secret: str | None = None) -> Iterator[None]:
     try:
         yield
     except (psycopg.Error, sqlite3.Error) as exc:
-        raise _translate(exc, what) from exc
+        raise _translate(exc, what, secret) from exc
 
 
 class DbConnection:
@@ -250,53 +273,157 @@ class DbConnection:
         self.close()
 
 
-def connect(dsn: str | Path, *, connect_timeout_s: float = 10.0) -> DbConnection:
-    """Open Synapse's database.
+@dataclass(frozen=True, slots=True)
+class Dsn:
+    """Where a database is, as :func:`parse_dsn` understood it.
+
+    Attributes:
+        engine: ``"postgresql"`` or ``"sqlite"``.
+        target: what the driver gets: the URL or key=value string for psycopg
+            (unchanged), the file path (or ``:memory:``) for SQLite.
+    """
+
+    engine: Engine
+    target: str
+
+
+def parse_dsn(dsn: str | Path) -> Dsn:
+    """Decide which engine a DSN names and what its driver gets; no I/O.
 
     Accepted forms:
 
-    * ``postgresql://user@host:port/db`` or ``postgres://...`` (psycopg 3; any libpq
-      URI parameter works);
+    * ``postgresql://user@host:port/db`` or ``postgres://...`` (any libpq URI
+      parameter works);
+    * a libpq key=value string, ``host=10.0.0.5 dbname=synapse user=synapse``, passed
+      to psycopg as it is (libpq checks the keywords here, before any connection);
     * ``sqlite:///absolute/path.db`` (``sqlite:////absolute/path.db`` also works),
       ``sqlite://relative.db`` or ``sqlite://:memory:``;
-    * a plain file path (``str`` or :class:`~pathlib.Path`), taken as SQLite.
+    * a :class:`~pathlib.Path` (from Python code only), taken as a SQLite file.
+
+    A plain string path is refused: taken as SQLite, a typo or a key=value DSN used
+    to become a new empty file named after it, password included.
+
+    Args:
+        dsn: the DSN.
+
+    Returns:
+        The engine and the driver's argument.
+
+    Raises:
+        ConfigError: the DSN is none of the above. The message never repeats a
+            string holding ``=`` (it may hold a password) and masks a URL's password.
+    """
+    if isinstance(dsn, Path):
+        return Dsn("sqlite", str(dsn))
+    text = dsn.strip()
+    if text.startswith(_PG_SCHEMES):
+        return Dsn("postgresql", text)
+    if text.startswith(_SQLITE_SCHEME):
+        path = text[len(_SQLITE_SCHEME) :]
+        if path.startswith("//"):
+            # Both sqlite:///abs/path and SQLAlchemy's sqlite:////abs/path mean /abs/path.
+            path = "/" + path.lstrip("/")
+        if not path:
+            raise ConfigError("sqlite:// needs a path: sqlite:///path/to/homeserver.db")
+        return Dsn("sqlite", path)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ConfigError(
+            f"unsupported database URL scheme {scheme!r} in {redact_url(text)!r}: "
+            f"{_ACCEPTED}"
+        )
+    if "=" in text:
+        try:
+            keywords = conninfo_to_dict(text)
+        except psycopg.ProgrammingError:
+            # libpq's message quotes the string around the error, which may be a
+            # piece of the password: say what is wrong without it.
+            raise ConfigError(
+                "not a valid libpq key=value string (an unknown keyword, or a value "
+                f"with spaces that is not in single quotes); {_ACCEPTED}"
+            ) from None
+        if not keywords:
+            raise ConfigError(f"a key=value DSN without any keyword: {_ACCEPTED}")
+        return Dsn("postgresql", text)
+    shown = repr(text) if text else "an empty string"
+    raise ConfigError(f"not a database DSN: {shown}; {_ACCEPTED}")
+
+
+def dsn_with_password(dsn: str, password: Secret) -> str:
+    """A PostgreSQL DSN (URL or key=value) with ``password`` put in.
+
+    Args:
+        dsn: a ``postgresql://`` URL or a libpq key=value string.
+        password: the password (from a file).
+
+    Raises:
+        ConfigError: ``dsn`` is not a PostgreSQL DSN.
+    """
+    if parse_dsn(dsn).engine != "postgresql":
+        raise ConfigError("a database password needs a PostgreSQL DSN")
+    if dsn.strip().startswith(_PG_SCHEMES):
+        return with_url_password(dsn, password)
+    # make_conninfo quotes the value as libpq wants, whatever characters it holds.
+    return make_conninfo(dsn, password=password.value)
+
+
+def connect(
+    dsn: str | Path, *, connect_timeout_s: float = 10.0, create: bool = False
+) -> DbConnection:
+    """Open Synapse's database.
+
+    Accepted forms: see :func:`parse_dsn`. A SQLite file must exist, since Synapse
+    creates it: a wrong path is an error, never a new empty database.
 
     Args:
         dsn: where the database is.
         connect_timeout_s: how long to wait for PostgreSQL to accept the connection,
             and for a locked SQLite file.
+        create: create a missing SQLite file. Only the dev stack (demo, tests,
+            benches) sets it, to build a fresh database for the writer simulator.
 
     Returns:
         An autocommit :class:`DbConnection`.
 
     Raises:
-        BackfillError: the database cannot be reached (``retriable=True``) or the DSN
-            is not understood (``retriable=False``).
+        ConfigError: the DSN is not understood, or the SQLite file does not exist
+            and ``create`` is false.
+        BackfillError: the database cannot be reached (``retriable=True``).
     """
-    text = str(dsn)
-    if text.startswith(_PG_SCHEMES):
-        with _translated("cannot connect to PostgreSQL"):
+    parsed = parse_dsn(dsn)
+    if parsed.engine == "postgresql":
+        with _translated("cannot connect to PostgreSQL", _password_of(parsed.target)):
             raw = psycopg.connect(
-                text,
+                parsed.target,
                 autocommit=True,
                 prepare_threshold=None,
                 connect_timeout=max(1, round(connect_timeout_s)),
             )
         return DbConnection(raw, "postgresql")
-    if "://" in text and not text.startswith(_SQLITE_SCHEME):
-        raise BackfillError(
-            f"unsupported database URL scheme in {text.split('://', 1)[0]!r}",
-            retriable=False,
+    path = parsed.target
+    in_memory = path == ":memory:"
+    if not create and not in_memory and not Path(path).is_file():
+        raise ConfigError(
+            f"SQLite database {path} does not exist or is not a file "
+            "(Synapse creates it: check the path)"
         )
-    path = text[len(_SQLITE_SCHEME) :] if text.startswith(_SQLITE_SCHEME) else text
-    if path.startswith("//"):
-        # Both sqlite:///abs/path and SQLAlchemy's sqlite:////abs/path mean /abs/path.
-        path = "/" + path.lstrip("/")
+    # mode=rw never creates the file, even if it vanished since the check above.
+    target = path if create or in_memory else f"file:{quote(path)}?mode=rw"
     with _translated("cannot open SQLite database"):
         raw_sqlite = sqlite3.connect(
-            path or ":memory:",
+            target,
             timeout=connect_timeout_s,
             isolation_level=None,
             check_same_thread=False,
+            uri=not (create or in_memory),
         )
     return DbConnection(raw_sqlite, "sqlite")
+
+
+def _password_of(conninfo: str) -> str | None:
+    """The password a PostgreSQL DSN holds, to mask it in driver messages."""
+    try:
+        password = conninfo_to_dict(conninfo).get("password")
+    except psycopg.ProgrammingError:
+        return None
+    return password if isinstance(password, str) else None

@@ -133,12 +133,14 @@ class DatabaseReader:
     """Reads backfill rows and writer positions over one database connection.
 
     Args:
-        dsn: ``postgresql://...``, ``sqlite:///path`` or a SQLite file path.
+        dsn: a DSN :func:`~adapter.db.connection.parse_dsn` accepts (the SQLite
+            file must exist).
         registry: stream sources; the built-in Synapse streams by default.
         page_size: rows per database round trip.
 
     Raises:
         BackfillError: the database cannot be reached (``retriable``).
+        ConfigError: the DSN is not understood or the SQLite file does not exist.
     """
 
     def __init__(

@@ -53,6 +53,7 @@ from adapter.errors import (
     DecodeError,
     KafkaIOError,
     SinkError,
+    exception_summary,
 )
 from adapter.kafka.client import connected_to_a_broker
 from adapter.kafka.consumer import (
@@ -824,7 +825,7 @@ class ReplicationConsumer:
                 if isinstance(failure, AdapterError):
                     raise failure
                 raise AdapterError(
-                    f"stream {state.name} failed: {failure}"
+                    f"stream {state.name} failed: {exception_summary(failure)}"
                 ) from failure
 
     def _commit(self, consumer: Consumer) -> None:

@@ -1231,7 +1231,7 @@ class DemoScenario:
         # A reused run folder: start with no JSON lines and no logs of an earlier run.
         for old in (self._output, *s.run_dir.glob("*.log")):
             old.unlink(missing_ok=True)
-        self._conn = conn = connect(s.dsn)
+        self._conn = conn = connect(s.dsn, create=True)  # a fresh demo database
         if conn.engine == "sqlite":
             # Readers (the consumer's backfill) and the writer side by side.
             conn.execute("PRAGMA journal_mode=WAL")

@@ -252,6 +252,13 @@ class Publisher:
             )
         return topics.commands_topic(prefix), topics.command_key(command.NAME), headers
 
+    def topic_for(self, command: Command | PresenceSnapshot) -> str:
+        """The topic :meth:`publish` sends ``command`` to.
+
+        A POSITION also goes to the positions topic; that copy is not this topic.
+        """
+        return self._route(command)[0]
+
     def announce_positions(self) -> None:
         """Record on the positions topic the last RDATA token of every writer published."""
         for (stream, writer), token in sorted(self._unannounced.items()):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from adapter.backoff import Backoff
-from adapter.errors import AdapterError, BackfillError, SinkError
+from adapter.errors import AdapterError, BackfillError, SinkError, exception_summary
 from adapter.metrics import HistogramBatch, Metrics
 from adapter.ports import BackfillReader, Handler, StreamUpdate
 
@@ -220,8 +220,10 @@ class StreamWorker:
                     # Also when a work failed: what finished before it is recorded.
                     self._flush_batch()
         except BaseException as exc:  # the poll loop reports it and stops
-            if isinstance(exc, SinkError):
-                # Expected and reported by the poll loop in one line.
+            if isinstance(exc, AdapterError):
+                # An expected failure (a handler that keeps failing, a database
+                # error): its message is the command's one error line, so no
+                # traceback here; it stays available at DEBUG.
                 logger.debug("stream %s worker failed", self.stream_name, exc_info=True)
             else:
                 logger.exception("stream %s worker failed", self.stream_name)
@@ -319,7 +321,7 @@ class StreamWorker:
                     update.token,
                     attempt,
                     self._handler_retries,
-                    exc,
+                    exception_summary(exc),
                 )
                 if attempt >= self._handler_retries:
                     self._give_up(update, raw, exc)
@@ -341,7 +343,9 @@ class StreamWorker:
             return
 
     def _give_up(self, update: StreamUpdate, raw: bytes | None, exc: Exception) -> None:
-        reason = f"handler failed {self._handler_retries} times: {exc}"
+        reason = (
+            f"handler failed {self._handler_retries} times: {exception_summary(exc)}"
+        )
         if self._policy == "dead-letter" and self._dead_letter is not None:
             self._dead_letter(update, raw, reason)
             return

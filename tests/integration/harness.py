@@ -72,7 +72,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 def make_database(engine: str, pg_dsn: str, tmp_path: Path) -> str:
     """A DSN of a fresh database with Synapse's stream tables."""
     dsn = pg_dsn if engine == "postgresql" else f"sqlite:///{tmp_path / 'synapse.db'}"
-    with connect(dsn) as conn:
+    with connect(dsn, create=True) as conn:
         create_synapse_tables(conn)
     return dsn
 

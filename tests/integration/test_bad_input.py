@@ -167,7 +167,6 @@ BAD_LINES = [
     BadLine("unknown command", b"NOT_A_COMMAND 1 2"),
     BadLine("RDATA with too few fields", b"RDATA events master"),
     BadLine("RDATA with a word for a token", b'RDATA typing master seven ["!r:x",[]]'),
-    # BadLine("RDATA with a negative token", b'RDATA typing master -3 ["!r:x",[]]'),
     BadLine("RDATA of an unknown stream", b'RDATA no_such master 3 ["x"]'),
     BadLine("RDATA with broken JSON", b'RDATA typing master 3 ["!r:x",'),
     BadLine("RDATA row of the wrong shape", b'RDATA typing master 3 {"room": 1}'),

@@ -18,6 +18,7 @@ def synkafka(
     input_text: str | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 60,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "adapter", *args],
@@ -27,6 +28,7 @@ def synkafka(
         timeout=timeout,
         env={**os.environ, **(env or {})},
         check=False,
+        cwd=cwd,
     )
 
 
@@ -176,7 +178,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(
     assert "-X expects key=value" in bad_x.stderr
     bad_line = synkafka("publish", *common, input_text="RDATA events\n")
     assert bad_line.returncode == 2
-    assert bad_line.stderr.startswith("synkafka: error: line 1:")
+    assert bad_line.stderr.startswith("synkafka: error: stdin: line 1:")
     usage = synkafka("consume", "--no-such-flag")
     assert usage.returncode == 2
     assert "No such option" in usage.stderr
@@ -235,3 +237,140 @@ def test_secrets_never_show_in_help_or_errors(
     assert failed.returncode == 2
     assert secret not in failed.stdout + failed.stderr
     assert "needs a SASL mechanism" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("db", "message"),
+    [
+        ("homeserver.db", "--db: not a database DSN: 'homeserver.db'"),
+        (
+            "host=127.0.0.1 dbname=synapse password=hunter2 stray",
+            "--db: not a valid libpq key=value string",
+        ),
+        (
+            "sqlite:///{tmp}/missing.db",
+            "SQLite database {tmp}/missing.db does not exist",
+        ),
+    ],
+)
+def test_consume_refuses_a_bad_db_in_one_line_and_creates_no_file(
+    common: list[str], tmp_path: Path, db: str, message: str
+) -> None:
+    db = db.format(tmp=tmp_path)
+    result = synkafka(
+        "consume", "--stream", "receipts", "--metrics-port", "-1", "--no-progress",
+        "--db", db, *common, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"synkafka: error: {message.format(tmp=tmp_path)}"), line
+    assert "hunter2" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the DSN nor the path became a file
+
+
+def _receipt_line(token: int, pad: int = 0) -> str:
+    row = ["!r:test", "m.read", f"@u{token}:test", "$e", None, {"pad": "x" * pad}]
+    return f"RDATA receipts master {token} {json.dumps(row)}"
+
+
+def _tokens_on_topic(common: list[str]) -> list[int]:
+    tailed = synkafka("tail", "receipts", "--from-beginning", "--json", *common)
+    assert tailed.returncode == 0, tailed.stderr
+    return [json.loads(x)["token"] for x in tailed.stdout.splitlines()]
+
+
+def test_publish_checks_everything_first_and_says_what_it_did(
+    common: list[str], tmp_path: Path
+) -> None:
+    assert synkafka("topics", "ensure", "--stream", "receipts", *common).returncode == 0
+    good = [_receipt_line(t) for t in (1, 2, 3, 4)]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join([*good, "RDATA receipts master 5 [1]"]) + "\n")
+    refused = synkafka("publish", str(bad), *common)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"synkafka: error: {bad}: line 5: "), line
+    assert line.endswith("; nothing was published"), line
+    assert _tokens_on_topic(common) == []  # the four good lines were not sent either
+
+    published = synkafka("publish", *common, input_text="\n".join(good) + "\n")
+    assert published.returncode == 0, published.stderr
+    checked, done = published.stderr.splitlines()[-2:]
+    assert checked == "stdin: 4 records, all valid; publishing"
+    assert done.startswith("published 4 records in ")
+    assert done.endswith(f": 4 to {common[3]}.stream.receipts")
+    assert _tokens_on_topic(common) == [1, 2, 3, 4]
+
+
+def test_publish_names_the_lines_the_broker_acknowledged(common: list[str]) -> None:
+    assert synkafka("topics", "ensure", "--stream", "receipts", *common).returncode == 0
+    # Line 4 is over the client's message.max.bytes: the broker never sees it.
+    lines = [_receipt_line(1), _receipt_line(2), _receipt_line(3)]
+    lines += [_receipt_line(4, pad=3000), _receipt_line(5)]
+    failed = synkafka(
+        "publish", "-X", "message.max.bytes=1000", *common,
+        input_text="\n".join(lines) + "\n",
+    )  # fmt: skip
+    assert failed.returncode == 1  # a runtime failure, not a bad input
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("synkafka: error: "), last
+    assert "MSG_SIZE_TOO_LARGE" in last
+    assert last.endswith(
+        "; published lines: 1-3 (3 of 5 records); not published: 4-5"
+    ), last
+    assert _tokens_on_topic(common) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.txt", None, "missing.txt: cannot read: No such file or directory"),
+        (".", None, ".: cannot read: Is a directory"),
+        ("latin1.txt", b"POSITION receipts m 1 2\n\xe9t\xe9\n", "line 2: not UTF-8"),
+        (
+            "deep.jsonl",
+            b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+            "line 1: JSON nested too deeply to read",
+        ),
+    ],
+)
+def test_publish_unreadable_input_is_one_line_not_a_traceback(
+    common: list[str], tmp_path: Path, name: str, content: bytes | None, message: str
+) -> None:
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    result = synkafka("publish", name, *common, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("synkafka: error: "), line
+    assert message in line
+    assert line.endswith("; nothing was published")
+
+
+def test_a_handler_that_keeps_failing_stops_consume_with_one_error_line(
+    common: list[str], tmp_path: Path
+) -> None:
+    assert synkafka("topics", "ensure", "--stream", "receipts", *common).returncode == 0
+    published = synkafka("publish", *common, input_text=_receipt_line(1) + "\n")
+    assert published.returncode == 0, published.stderr
+    (tmp_path / "failing_handler.py").write_text(
+        "def handle(update):\n"
+        "    raise RuntimeError('no room for\\n  ' + str(update.token))\n"
+    )
+    result = synkafka(
+        "consume", "--stream", "receipts", "--from", "earliest",
+        "--handler", "failing_handler:handle", "--on-handler-error", "stop",
+        "--instance-name", "failing", "--metrics-port", "-1", "--no-progress",
+        *common, env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # a runtime failure
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    retries = [x for x in lines if " WARNING " in x and "handler for receipts" in x]
+    assert len(retries) == 5  # handler_retries, each one line
+    for n, line in enumerate(retries, start=1):
+        assert line.endswith(f"failed (attempt {n}/5): RuntimeError: no room for 1")
+    assert lines[-1] == (
+        "synkafka: error: stream receipts: handler failed 5 times: RuntimeError: "
+        "no room for 1; stopping without committing past token 1"
+    )

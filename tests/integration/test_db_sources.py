@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from adapter.db import (
     DbConnection,
@@ -44,7 +45,7 @@ def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DbConnectio
         dsn: str = request.getfixturevalue("pg_dsn")
     else:
         dsn = f"sqlite:///{tmp_path / 'synapse.db'}"
-    db = connect(dsn)
+    db = connect(dsn, create=True)
     create_synapse_tables(db)
     try:
         yield db
@@ -641,7 +642,7 @@ def test_rows_without_instance_name_belong_to_master(conn: DbConnection) -> None
 
 
 def test_caches_is_postgresql_only(tmp_path: Path) -> None:
-    db = connect(tmp_path / "x.db")
+    db = connect(tmp_path / "x.db", create=True)
     create_synapse_tables(db)
     assert "caches" not in builtin_registry(engine="sqlite")
     with pytest.raises(BackfillError) as info:
@@ -729,17 +730,54 @@ def test_a_user_stream_can_be_registered_and_backfilled(conn: DbConnection) -> N
 def test_connect_rejects_unknown_schemes_and_reports_unreachable_postgres_as_retriable() -> (
     None
 ):
-    with pytest.raises(BackfillError) as bad:
+    with pytest.raises(ConfigError, match="unsupported database URL scheme 'mysql'"):
         connect("mysql://x")
-    assert not bad.value.retriable
     with pytest.raises(BackfillError) as down:
         connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout_s=1)
     assert down.value.retriable
 
 
 def test_missing_table_is_not_retriable(tmp_path: Path) -> None:
-    db = connect(f"sqlite://{tmp_path}/empty.db")
+    db = connect(f"sqlite://{tmp_path}/empty.db", create=True)
     with pytest.raises(BackfillError) as info:
         EventsSource().read_rows(db, "master", 0, 10, 10)
     assert not info.value.retriable
     db.close()
+
+
+def test_a_libpq_key_value_dsn_reaches_postgresql_as_it_is(pg_dsn: str) -> None:
+    keywords = conninfo_to_dict(pg_dsn)
+    key_value = " ".join(f"{k}={v}" for k, v in sorted(keywords.items()))
+    assert "://" not in key_value
+    with connect(key_value) as db:
+        assert db.engine == "postgresql"
+        assert db.fetchone("SELECT current_database()") == (keywords["dbname"],)
+
+
+def test_an_unreachable_key_value_dsn_is_retriable_and_hides_its_password() -> None:
+    secret = "s3cr3t-in-the-dsn"  # noqa: S105 (a test value)
+    dsn = f"host=127.0.0.1 port=1 dbname=x user=u password={secret}"
+    with pytest.raises(BackfillError) as down:
+        connect(dsn, connect_timeout_s=1)
+    assert down.value.retriable
+    assert secret not in str(down.value)
+    assert "\n" not in str(down.value)  # libpq's hint line is folded into one line
+
+
+def test_connect_never_creates_a_file_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "homeserver.db"
+    with pytest.raises(ConfigError, match="does not exist"):
+        connect(f"sqlite:///{missing}")
+    with pytest.raises(ConfigError, match="not a database DSN"):
+        connect(str(missing))
+    with pytest.raises(ConfigError, match="not a valid libpq key=value string"):
+        connect("host=127.0.0.1 dbname=synapse password=x y")
+    assert list(tmp_path.iterdir()) == []
+    with connect(f"sqlite:///{missing}", create=True) as db:  # the dev stack's way
+        create_synapse_tables(db)
+    with connect(f"sqlite:///{missing}") as db:  # now it exists: opened as it is
+        assert db.fetchone("SELECT COUNT(*) FROM events") == (0,)
+    assert [p.name for p in tmp_path.iterdir()] == ["homeserver.db"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.cli.common import db_dsn, kafka_settings, redis_url
+from adapter.cli.common import config_default_map, db_dsn, kafka_settings, redis_url
 from adapter.config import (
     KafkaSettings,
     Secret,
@@ -232,5 +232,21 @@ def test_db_dsn_adds_the_password_file_to_postgresql_only(tmp_path: Path) -> Non
     env = {"SYNKAFKA_DB_PASSWORD_FILE": str(password_file)}
     assert db_dsn("postgresql://u@h/d", env=env) == "postgresql://u:pg%20pass@h/d"
     assert db_dsn("sqlite:///x.db", env={}) == "sqlite:///x.db"
-    with pytest.raises(ConfigError, match="needs a postgresql:// DSN"):
+    with pytest.raises(ConfigError, match="needs a PostgreSQL DSN"):
         db_dsn("sqlite:///x.db", password_file, env={})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"a = " + b"[" * 100_000 + b"]" * 100_000, "nests too deeply to read"),
+        (b'prefix = "caf\xe9"', "is not UTF-8 text"),
+    ],
+)
+def test_an_absurd_config_file_is_a_config_error(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "synkafka.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        config_default_map(path, {"consume": None})

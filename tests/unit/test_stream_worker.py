@@ -142,7 +142,7 @@ def test_a_failing_handler_is_retried_then_dead_lettered() -> None:
     worker.offer([UpdateWork(("t", 0), i, _update(i)) for i in (1, 2, 3)])
     assert worker.stop(10)
     assert calls == [1, 2, 2, 2, 3]
-    assert letters == [(2, "handler failed 3 times: boom")]
+    assert letters == [(2, "handler failed 3 times: ValueError: boom")]
     assert worker.progress()[0] == {("t", 0): 3}
     assert (
         registry.get_sample_value(
