@@ -30,6 +30,17 @@ from adapter.masking import mask_access_tokens
 __all__ = ["app", "main"]
 
 
+def _usage_line(exc: Exception) -> str | None:
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    text = " ".join(mask_access_tokens(str(message)).split())
+    if not text:
+        return None
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "synkafka"
+    return f"{text} (see `{command} --help`)"
+
+
 def main() -> None:
     """Run the CLI; the console script ``synkafka`` points here."""
     try:
@@ -44,11 +55,10 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as exc:
         # Usage errors (bad options, a missing argument) arrive here because
-        # standalone mode is off; they are all "fix the command", like ConfigError.
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            typer.echo(f"synkafka: error: {mask_access_tokens(str(exc))}", err=True)
+        # standalone mode is off; they are all "fix the command", like ConfigError,
+        # and get one line like every other error, pointing at the right --help.
+        line = _usage_line(exc)
+        if line is not None:  # None: the help was shown (a group called bare)
+            typer.echo(f"synkafka: error: {line}", err=True)
         sys.exit(EXIT_CONFIG)
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,8 +10,13 @@ be past all of them only once they are there.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -29,6 +34,7 @@ from adapter.commands import RdataCommand
 from adapter.config import KafkaSettings
 from adapter.kafka.admin import Admin
 from adapter.kafka.producer import Producer
+from adapter.localstack._process import free_port
 from adapter.rows import row_from_wire
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
@@ -39,6 +45,7 @@ from tests.integration.harness import (
 )
 from tests.integration.test_bridge import BridgeRun, read_topic
 
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "syt_YmFk_InPuTsEcReT_9z8y7x"  # noqa: S105 (made up; must never show)
 
 
@@ -228,3 +235,87 @@ def test_every_kind_of_bad_line_reaches_the_dead_letter_topic(
             assert record.value == bad.line.decode("utf-8", "replace").encode(), (
                 bad.kind
             )
+
+
+@dataclass(frozen=True)
+class BadCommand:
+    """A command line a user gets wrong, and the one line it must answer with."""
+
+    kind: str
+    argv: tuple[str, ...]
+    code: int  # 2: fix the command, its settings or its input; 1: a runtime failure
+    says: str  # in the error line
+    stdin: bytes = b""
+    files: tuple[tuple[str, bytes], ...] = ()  # written into the folder first
+
+
+_GOOD = json.dumps(
+    {"command": "POSITION", "stream": "typing", "writer": "master", "prev": 1, "new": 2}
+).encode()
+_PUB = ("publish", "-b", "{dead}", "--prefix", "bad.x")
+_CONSUME = ("consume", "-b", "{dead}", "--prefix", "bad.x", "--metrics-port", "-1")
+
+BAD_COMMANDS = [
+    BadCommand("unknown flag", ("consume", "--no-such-flag"), 2, "No such option"),
+    BadCommand("unknown command", ("nosuchcommand",), 2, "No such command"),
+    BadCommand("bad option value", (*_CONSUME, "--commit-interval", "abc"), 2, "Invalid value"),
+    BadCommand("bad log level", (*_CONSUME, "--log-level", "LOUD"), 2, "unknown log level"),
+    BadCommand("unknown -X property", (*_CONSUME, "-X", "no.such=1"), 2, "No such configuration property"),
+    BadCommand("invalid -X value", (*_CONSUME, "-X", "fetch.max.bytes=lots"), 2, "fetch.max.bytes"),
+    BadCommand("bootstrap list that does not parse", ("lag", "-b", "notahost::::"), 2, "notahost"),
+    BadCommand("DSN of no known kind", (*_CONSUME, "--db", "mysql://db/synapse"), 2, "--db"),
+    BadCommand("a bare path as DSN", (*_CONSUME, "--db", "synapse.db"), 2, "--db"),
+    BadCommand("-o in a missing folder", (*_CONSUME, "-o", "missing/out.jsonl"), 2, "missing"),
+    BadCommand("-o a folder", (*_CONSUME, "-o", "."), 2, "directory"),
+    BadCommand("config file missing", ("--config", "nope.toml", "lag"), 2, "nope.toml"),
+    BadCommand("config file not TOML", ("--config", "bad.toml", "lag"), 2, "bad.toml",
+               files=(("bad.toml", b"[consume\nx = = 1"),)),
+    BadCommand("unknown stream", ("tail", "nosuchstream", "-b", "{dead}", "--prefix", "p"), 2, "nosuchstream"),
+    BadCommand("schemas folder missing", ("schemas", "check", "--dir", "nowhere"), 2, "nowhere"),
+    BadCommand("publish a missing file", (*_PUB, "in.jsonl"), 2, "in.jsonl"),
+    BadCommand("publish a folder", (*_PUB, "."), 2, "."),
+    BadCommand("publish bytes that are not UTF-8", _PUB, 2, "UTF-8", stdin=b"\xff\xfe\n"),
+    BadCommand("publish JSON nested 100,000 deep", _PUB, 2, "line 1", stdin=b"[" * 100_000),
+    BadCommand("publish four good lines and a bad fifth", _PUB, 2, "line 5",
+               stdin=b"\n".join([_GOOD] * 4 + [b"{not json"])),
+    BadCommand("publish an unclosed batch", _PUB, 2, "batch",
+               stdin=b'RDATA typing master batch ["!r:x",[]]\n'),
+    BadCommand("publish a negative token", _PUB, 2, "line 1",
+               stdin=b'RDATA typing master -4 ["!r:x",[]]\n'),
+    BadCommand("secret next to a bad setting", (*_CONSUME, "--kafka-password", "sekret-pw",
+               "--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN",
+               "--kafka-username", "u", "-X", "no.such=1"), 2, "No such configuration"),
+    BadCommand("unreachable broker", ("topics", "describe", "-b", "{dead}", "--prefix", "p",
+               "--timeout", "2"), 1, "cannot reach Kafka"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_COMMANDS, ids=lambda bad: bad.kind)
+def test_every_bad_command_line_is_one_clear_line(
+    bad: BadCommand, tmp_path: Path
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    for name, content in bad.files:
+        (tmp_path / name).write_bytes(content)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "adapter", *(a.format(dead=dead) for a in bad.argv)],
+        input=bad.stdin,
+        capture_output=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
+    took = time.monotonic() - started
+    stderr = done.stderr.decode("utf-8", "replace")
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("synkafka: error: "), stderr
+    assert bad.says in lines[0], stderr
+    assert done.returncode == bad.code, stderr
+    assert "sekret-pw" not in stderr
+    assert took < 15, f"{bad.kind} took {took:.1f} s"
+    # Nothing was created from the command line (no SQLite file named after a DSN).
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from adapter.cli.exit_codes import EXIT_CONFIG, EXIT_RUNTIME
 from adapter.localstack import KafkaBroker, RedisServer
 from adapter.localstack._process import free_port
 from tests.integration.harness import wait_for
@@ -39,13 +40,16 @@ def run(
     return done, time.monotonic() - started
 
 
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    """The single stderr line of a failed command (asserting there is only one)."""
+def one_error_line(done: subprocess.CompletedProcess[str], code: int) -> str:
+    """The single stderr line of a failed command (asserting there is only one).
+
+    ``code`` is the documented exit code: 2 for configuration, 1 for runtime failures.
+    """
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("synkafka: error: "), done.stderr
-    # A configuration or runtime failure, never a crash (1) or success (0).
-    assert done.returncode not in (0, 1), done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.returncode == code, done.stderr
     return lines[0]
 
 
@@ -77,7 +81,7 @@ def test_configuration_errors_end_every_command_at_once_with_one_line(
     dead = f"127.0.0.1:{free_port()}"
     args = [*command, "-b", dead, *flags]
     done, took = run(*args)
-    line = one_error_line(done)
+    line = one_error_line(done, EXIT_CONFIG)
     assert message in line
     # Startup (imports) is most of it; a retry loop would take 20 s or more.
     assert took < 15, f"{args} took {took:.1f} s"
@@ -113,7 +117,7 @@ def test_one_shot_commands_give_up_on_an_unreachable_broker_with_one_line(
 ) -> None:
     dead = f"127.0.0.1:{free_port()}"
     done, took = run(*command, "-b", dead, *timeout_flag)
-    line = one_error_line(done)
+    line = one_error_line(done, EXIT_RUNTIME)
     assert f"cannot reach Kafka at {dead}" in line
     assert "sekret-pw" not in done.stderr
     limit = 15 if not timeout_flag else 2 + 8  # start-up of a loaded machine
