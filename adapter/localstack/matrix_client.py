@@ -660,8 +660,10 @@ class RoomsTraffic:
             )
 
     def close(self) -> None:
-        """Stop every ``/sync`` loop (the run is over: their errors are dropped)."""
+        """Stop every ``/sync`` loop (the run is over: their errors are dropped).
+
+        :attr:`syncs` and :attr:`sync_errors` keep their final counts.
+        """
         for loop in self._syncs:
             with contextlib.suppress(Exception):
                 loop.stop()
-        self._syncs = []
