@@ -290,6 +290,20 @@ def _numbers(expected: dict[Key, set[str]], deliveries: Deliveries) -> str:
             f"{deliveries.backfill_rows[stream]:>10}{missing.get(stream, 0):>9}"
             f"{duplicated[stream]:>12}"
         )
+    # The events split per persister: both must have written, each under its name.
+    db_events: Counter[str] = Counter()
+    for (stream, writer, _token), rows in expected.items():
+        if stream == "events":
+            db_events[writer] += len(rows)
+    file_events: Counter[str] = Counter()
+    for (stream, writer, _t, _r), copies in deliveries.copies.items():
+        if stream == "events":
+            file_events[writer] += copies
+    for writer in sorted(set(db_events) | set(file_events)):
+        lines.append(
+            f"  {writer:<12}{db_events[writer]:>9}{file_events[writer]:>11}"
+            "   (events per writer)"
+        )
     return "\n".join(lines)
 
 
