@@ -4,7 +4,9 @@ It covers what a test needs to make a real Synapse write every replicated stream
 registration (``m.login.dummy`` after the first 401, or the shared-secret admin API),
 login with a chosen device ID, rooms, messages, typing, receipts, presence, account
 data and tags, to-device messages, device and profile changes, push rules, and
-``/sync`` long-polls in a background thread (:class:`SyncLoop`).
+``/sync`` long-polls in a background thread (:class:`SyncLoop`). Two traffic
+scripts build on it: :class:`MatrixTraffic` (two users, one room, for the demo) and
+:class:`RoomsTraffic` (several users in several rooms, riding out faults).
 
 Routing matters with a worker: typing must go to the main process (a generic
 worker answers 500, "not typing writer"), and only ``/sync`` served by the worker
@@ -26,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
-__all__ = ["MatrixClient", "MatrixError", "MatrixTraffic", "SyncLoop"]
+__all__ = ["MatrixClient", "MatrixError", "MatrixTraffic", "RoomsTraffic", "SyncLoop"]
 
 _API = "/_matrix/client/v3"
 _USER_AGENT = "synkafka-e2e/1"
@@ -332,18 +334,32 @@ class SyncLoop:
     """``/sync`` long-polls in a background thread, as a connected client does.
 
     A user counts as syncing (``USER_SYNC ... start``) from its first ``/sync`` on a
-    worker until the loop stops. Errors end the loop and are re-raised by
-    :meth:`stop`.
+    worker until the loop stops. By default errors end the loop and are re-raised by
+    :meth:`stop`; with ``keep_going`` they are counted in :attr:`errors` and the loop
+    tries again after ``retry_s`` (a client rides out a restart of Redis or of a
+    worker the same way).
 
     Args:
         client: the logged-in session, aimed at the process that serves ``/sync``.
         timeout_ms: long-poll time per request; :meth:`stop` waits for at most one.
+        keep_going: retry after errors instead of ending.
+        retry_s: pause before a retry with ``keep_going``.
     """
 
-    def __init__(self, client: MatrixClient, *, timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        client: MatrixClient,
+        *,
+        timeout_ms: int = 1000,
+        keep_going: bool = False,
+        retry_s: float = 0.5,
+    ) -> None:
         self.client = client
         self.timeout_ms = timeout_ms
+        self.keep_going = keep_going
+        self.retry_s = retry_s
         self.syncs = 0
+        self.errors = 0
         self.next_batch: str | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -357,13 +373,21 @@ class SyncLoop:
         return self
 
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
+        while not self._stop.is_set():
+            try:
                 answer = self.client.sync(self.next_batch, timeout_ms=self.timeout_ms)
-                self.next_batch = answer["next_batch"]
-                self.syncs += 1
-        except BaseException as exc:  # noqa: BLE001 - handed to the test by stop()
-            self._error = exc
+            except (MatrixError, OSError) as exc:
+                if not self.keep_going:
+                    self._error = exc
+                    return
+                self.errors += 1
+                self._stop.wait(self.retry_s)  # not a busy loop against a dead server
+                continue
+            except BaseException as exc:  # noqa: BLE001 - handed to the test by stop()
+                self._error = exc
+                return
+            self.next_batch = answer["next_batch"]
+            self.syncs += 1
 
     def stop(self) -> None:
         """Stop after the request in flight; re-raise the loop's error, if any."""
@@ -469,3 +493,177 @@ class MatrixTraffic:
             with contextlib.suppress(Exception):
                 self._sync.stop()
             self._sync = None
+
+
+class RoomsTraffic:
+    """Several users in several rooms, writing every stream a user can write.
+
+    :meth:`set_up` registers ``users`` users (``user0``...), has ``user0`` create
+    ``rooms`` rooms with everyone invited, has the others join them, and starts one
+    ``/sync`` long-poll loop per user on ``sync_url``. Each :meth:`step` sends one
+    message and one more action, cycling through typing (on, then off), a receipt,
+    the ``m.fully_read`` marker, global account data, a room tag, a to-device message
+    to the next user, presence and a push rule.
+
+    Steps never raise for an HTTP error or a refused connection: a request that fails
+    (a persister or Redis is down) is counted in :attr:`failures` and the traffic
+    goes on, as real clients would retry. :attr:`event_ids` holds the ID of every
+    message Synapse accepted, so a test can look for each of them downstream.
+
+    Args:
+        client_url: the main process (everything but ``/sync`` goes there; typing
+            must, since a generic worker is not the typing writer).
+        sync_url: the process that serves ``/sync``.
+        shared_secret: Synapse's ``registration_shared_secret``.
+        users: how many users.
+        rooms: how many rooms; every user is in every room.
+    """
+
+    ACTIONS = (
+        "typing",
+        "receipts",
+        "read_markers",
+        "account_data",
+        "room_tags",
+        "to_device",
+        "presence",
+        "push_rules",
+    )
+    """The actions :meth:`step` cycles through, one per step after its message."""
+
+    def __init__(
+        self,
+        client_url: str,
+        sync_url: str,
+        shared_secret: str,
+        *,
+        users: int = 4,
+        rooms: int = 12,
+    ) -> None:
+        if users < 2 or rooms < 1:
+            raise ValueError("need at least 2 users and 1 room")
+        self._client_url = client_url
+        self._sync_url = sync_url
+        self._secret = shared_secret
+        self._n_users = users
+        self._n_rooms = rooms
+        self.users: list[MatrixClient] = []
+        """The logged-in sessions on the main process."""
+        self.room_ids: list[str] = []
+        """The rooms, in creation order."""
+        self.event_ids: list[str] = []
+        """Every message Synapse accepted, in sending order."""
+        self.actions: dict[str, int] = {}
+        """Successful requests per kind (``messages``, ``typing``...)."""
+        self.failures: dict[str, int] = {}
+        """Failed requests per kind."""
+        self._syncs: list[SyncLoop] = []
+        self._last_event: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def syncs(self) -> int:
+        """``/sync`` requests answered, over all users."""
+        return sum(loop.syncs for loop in self._syncs)
+
+    @property
+    def sync_errors(self) -> int:
+        """``/sync`` requests that failed (and were retried), over all users."""
+        return sum(loop.errors for loop in self._syncs)
+
+    def _count(self, table: dict[str, int], kind: str) -> None:
+        with self._lock:
+            table[kind] = table.get(kind, 0) + 1
+
+    def set_up(self) -> None:
+        """Register the users, make the rooms, start every user's ``/sync`` loop.
+
+        Raises:
+            MatrixError: a request failed (set-up is not fault tolerant).
+        """
+        server = MatrixClient(self._client_url)
+        for i in range(self._n_users):
+            user = server.register_with_shared_secret(
+                f"user{i}", f"pass-user{i}", self._secret
+            )
+            if user.user_id is None:
+                raise ValueError("registration answered without a user ID")
+            self.users.append(user)
+            self._count(self.actions, "register")
+        owner, *others = self.users
+        invite = tuple(u.user_id for u in others if u.user_id is not None)
+        for i in range(self._n_rooms):
+            room_id = owner.create_room(name=f"synkafka room {i}", invite=invite)
+            for user in others:
+                user.join(room_id)
+            self.room_ids.append(room_id)
+        for user in self.users:
+            sync_client = user.on(self._sync_url)
+            loop = SyncLoop(sync_client, timeout_ms=1000, keep_going=True)
+            loop.next_batch = sync_client.sync(timeout_ms=0)["next_batch"]
+            self._syncs.append(loop.start())
+
+    def step(self, n: int) -> None:
+        """Send the ``n``-th message, then the ``n``-th action of the cycle.
+
+        The sender is user ``n mod users``; the room changes every ``users`` steps,
+        so each room hears from every user.
+        """
+        if not self.users:
+            raise ValueError("call set_up() first")
+        user = self.users[n % len(self.users)]
+        room_id = self.room_ids[(n // len(self.users)) % len(self.room_ids)]
+        try:
+            event_id = user.send_message(room_id, f"traffic message {n}")
+        except (MatrixError, OSError):
+            self._count(self.failures, "messages")
+        else:
+            with self._lock:
+                self.event_ids.append(event_id)
+                self._last_event[room_id] = event_id
+            self._count(self.actions, "messages")
+        kind = self.ACTIONS[(n // len(self.users)) % len(self.ACTIONS)]
+        try:
+            self._act(kind, n, user, room_id)
+        except (MatrixError, OSError):
+            self._count(self.failures, kind)
+        else:
+            self._count(self.actions, kind)
+
+    def _act(self, kind: str, n: int, user: MatrixClient, room_id: str) -> None:
+        last = self._last_event.get(room_id)
+        peer = self.users[(n + 1) % len(self.users)]
+        if kind == "typing":
+            # Alternate on and off so the typing stream gets both kinds of rows.
+            user.set_typing(room_id, (n // len(self.users)) % 2 == 0)
+        elif kind == "receipts" and last is not None:
+            user.send_receipt(room_id, last)
+        elif kind == "read_markers" and last is not None:
+            user.set_read_markers(room_id, fully_read=last)
+        elif kind == "account_data":
+            user.set_account_data("org.synkafka.traffic", {"n": n})
+        elif kind == "room_tags":
+            user.set_room_tag(room_id, "u.synkafka", order=(n % 100) / 100)
+        elif kind == "to_device":
+            if peer.user_id is None:
+                raise ValueError("call set_up() first")
+            user.send_to_device(
+                "org.synkafka.traffic.ping", {peer.user_id: {"*": {"n": n}}}
+            )
+        elif kind == "presence":
+            user.set_presence("online" if n % 3 else "unavailable", f"step {n}")
+        elif kind == "push_rules":
+            user.put_push_rule(
+                "content",
+                f"traffic{n % 7}",
+                {"pattern": f"traffic{n}", "actions": ["notify"]},
+            )
+
+    def close(self) -> None:
+        """Stop every ``/sync`` loop (the run is over: their errors are dropped).
+
+        :attr:`syncs` and :attr:`sync_errors` keep their final counts.
+        """
+        for loop in self._syncs:
+            with contextlib.suppress(Exception):
+                loop.stop()

@@ -14,7 +14,10 @@ about 3 s):
   server's two channels, subscribed before Synapse starts;
 * ``synapse_sqlite`` / ``synapse_pg``: a started
   :class:`~adapter.localstack.synapse.SynapseHomeserver` with ``worker1``, on SQLite
-  or on a fresh C-collation PostgreSQL database.
+  or on a fresh C-collation PostgreSQL database;
+* ``synapse_sharded``: a started
+  :class:`~adapter.localstack.synapse_sharded.ShardedSynapse` (main, two event
+  persisters and a ``/sync`` worker) on a fresh PostgreSQL database.
 
 A failing test that used a homeserver gets the tails of its main and worker logs as
 report sections.
@@ -23,12 +26,14 @@ report sections.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
+from typing import TypeVar
 
 import pytest
 
 from adapter.errors import ServiceError
 from adapter.localstack import KafkaBroker
 from adapter.localstack.synapse import SynapseHomeserver
+from adapter.localstack.synapse_sharded import WORKERS, ShardedSynapse
 from tests.e2e.capture import RedisCapture
 from tests.integration.conftest import (
     _kafka_broker,
@@ -51,6 +56,7 @@ __all__ = [
     "redis_url",
     "synapse_pg",
     "synapse_server_name",
+    "synapse_sharded",
     "synapse_sqlite",
 ]
 
@@ -81,6 +87,14 @@ def pytest_runtest_makereport(
                         value.worker_log_tail(60),
                     )
                 )
+            if isinstance(value, ShardedSynapse):
+                for worker in WORKERS:
+                    report.sections.append(
+                        (
+                            f"synapse {worker} log ({value.worker_log(worker)})",
+                            value.worker_log_lines(worker, 40),
+                        )
+                    )
         elif isinstance(value, KafkaBroker):
             report.sections.append(
                 (f"kafka broker log ({value.log_path})", value.log_tail(60))
@@ -101,7 +115,10 @@ def redis_capture(redis_url: str, synapse_server_name: str) -> Iterator[RedisCap
         yield capture
 
 
-def _start(homeserver: SynapseHomeserver) -> Iterator[SynapseHomeserver]:
+_HS = TypeVar("_HS", bound=SynapseHomeserver)
+
+
+def _start(homeserver: _HS) -> Iterator[_HS]:
     try:
         homeserver.start()
     except ServiceError as exc:
@@ -144,3 +161,17 @@ def synapse_pg(
 ) -> Iterator[SynapseHomeserver]:
     """A started Synapse on a fresh PostgreSQL database with ``worker1``."""
     yield from _start(_homeserver(redis_url, synapse_server_name, pg_dsn))
+
+
+@pytest.fixture
+def synapse_sharded(
+    redis_url: str, pg_dsn: str, synapse_server_name: str
+) -> Iterator[ShardedSynapse]:
+    """A started sharded Synapse (main, ``persister1``, ``persister2``, ``sync1``)."""
+    try:
+        homeserver = ShardedSynapse(
+            redis_url, database_dsn=pg_dsn, server_name=synapse_server_name
+        )
+    except ServiceError as exc:  # Synapse is not installed: the message says how
+        pytest.fail(str(exc), pytrace=False)
+    yield from _start(homeserver)
