@@ -296,9 +296,10 @@ def publish(
         checked = validate(_read_source(source))
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}; nothing was published") from None
-    typer.echo(f"{name}: {len(checked)} records, all valid; publishing", err=True)
-    # A producer queues records for an unreachable broker for minutes: find out first.
+    # A producer queues records for an unreachable broker for minutes: find out first
+    # (before saying anything, so that failure stays the one line).
     reach_kafka(kafka, timeout)
+    typer.echo(f"{name}: {len(checked)} records, all valid; publishing", err=True)
     publisher = Publisher(Producer(kafka), resolve_prefix(prefix, server_name))
     acks = _Acks()
     started = time.monotonic()

@@ -116,7 +116,8 @@ def test_one_shot_commands_give_up_on_an_unreachable_broker_with_one_line(
     command: list[str], timeout_flag: list[str]
 ) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    done, took = run(*command, "-b", dead, *timeout_flag)
+    # Commands need a server name or a prefix before they go near the broker.
+    done, took = run(*command, "-b", dead, "--prefix", "fail.p", *timeout_flag)
     line = one_error_line(done, EXIT_RUNTIME)
     assert f"cannot reach Kafka at {dead}" in line
     assert "sekret-pw" not in done.stderr
