@@ -23,6 +23,7 @@ from adapter.cli import publish as _publish  # noqa: F401
 from adapter.cli import schemas as _schemas  # noqa: F401
 from adapter.cli import topics as _topics  # noqa: F401
 from adapter.cli._app import app
+from adapter.cli.common import masked_default_logging
 from adapter.cli.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, exit_code_for
 from adapter.errors import AdapterError
 from adapter.masking import mask_access_tokens
@@ -43,6 +44,7 @@ def _usage_line(exc: Exception) -> str | None:
 
 def main() -> None:
     """Run the CLI; the console script ``synkafka`` points here."""
+    masked_default_logging()
     try:
         code = app(standalone_mode=False)
     except AdapterError as exc:

@@ -78,6 +78,7 @@ __all__ = [
     "config_default_map",
     "db_dsn",
     "kafka_settings",
+    "masked_default_logging",
     "quiet_client_log",
     "reach_kafka",
     "read_secret",
@@ -310,7 +311,31 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(
         MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    root = logging.getLogger()
+    # main() installed a masked warnings-only handler for the commands that never
+    # call this one; it is replaced, and nothing else is touched.
+    for default in [h for h in root.handlers if getattr(h, _DEFAULT_MARK, False)]:
+        root.removeHandler(default)
     logging.basicConfig(level=numeric, handlers=[handler])
+
+
+_DEFAULT_MARK = "synkafka_default"
+
+
+def masked_default_logging() -> None:
+    """Until a command sets up its own logging, warnings go to stderr masked.
+
+    Without this, a one-shot command's stray warning would reach stderr through
+    Python's last-resort handler, which masks nothing.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(MaskingFormatter("synkafka: %(levelname)s: %(message)s"))
+    setattr(handler, _DEFAULT_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def read_secret(value: str | None, file: Path | None, what: str) -> Secret | None:

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import json
 import logging
+import subprocess
+import sys
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -96,3 +98,26 @@ def test_the_log_formatter_masks_messages_arguments_and_tracebacks() -> None:
     assert "RuntimeError: syt_***" in text
     assert "syt_in_the" not in text
     assert "syt_arg" not in text
+
+
+def test_every_command_logs_masked_even_before_it_sets_up_logging() -> None:
+    # A fresh interpreter: logging is process-wide state.
+    script = (
+        "import logging\n"
+        "from adapter.cli.common import masked_default_logging, setup_logging\n"
+        "masked_default_logging()\n"
+        "logging.getLogger('a').warning('one-shot syt_first_secret_1')\n"
+        "setup_logging('INFO')\n"
+        "logging.getLogger('b').info('long-running syt_second_secret_2')\n"
+        "assert len(logging.getLogger().handlers) == 1\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "one-shot syt_***" in done.stderr
+    assert "long-running syt_***" in done.stderr
+    assert "secret" not in done.stderr
