@@ -11,8 +11,11 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from adapter.config import KafkaSettings
 from adapter.errors import ServiceError
+from adapter.kafka.producer import Producer
 from adapter.localstack import KafkaBroker, PostgresCluster, RedisServer
+from adapter.runtime.publisher import Publisher
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -122,3 +125,15 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     """``redis://127.0.0.1:<port>/0`` of the session's Redis."""
     return redis_server.url
+
+
+@pytest.fixture
+def prefix(unique_name: str) -> str:
+    """A topic prefix of this test's own (modules with other needs override it)."""
+    return f"it.{unique_name}"
+
+
+@pytest.fixture
+def publisher(kafka_bootstrap: str, prefix: str) -> Publisher:
+    """A publisher to the test's prefix on the session's broker."""
+    return Publisher(Producer(KafkaSettings(bootstrap_servers=kafka_bootstrap)), prefix)

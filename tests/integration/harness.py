@@ -19,6 +19,12 @@ from typing import Any
 
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+)
 from prometheus_client import CollectorRegistry
 
 from adapter import topics
@@ -235,3 +241,14 @@ def dead_letter_records(
         dlq.close()
     assert len(found) == count, f"{len(found)} of {count} dead letters"
     return found
+
+
+def allow_large_records(bootstrap: str, topic: str, max_bytes: int = 4_000_000) -> None:
+    """Raise ``topic``'s ``max.message.bytes``, so a test can put a huge record on it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    entry = ConfigEntry(
+        "max.message.bytes", str(max_bytes), incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource("topic", topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)

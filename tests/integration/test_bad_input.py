@@ -21,24 +21,18 @@ from pathlib import Path
 import pytest
 import redis
 from confluent_kafka import Producer as RawProducer
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-)
 
 from adapter import topics
 from adapter.codec import MAGIC, encode
 from adapter.commands import RdataCommand
 from adapter.config import KafkaSettings
 from adapter.kafka.admin import Admin
-from adapter.kafka.producer import Producer
 from adapter.localstack._process import free_port
 from adapter.rows import row_from_wire
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ConsumerRun,
+    allow_large_records,
     dead_letter_records,
     ensure_topics,
     wait_for,
@@ -47,16 +41,6 @@ from tests.integration.test_bridge import BridgeRun, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "syt_YmFk_InPuTsEcReT_9z8y7x"  # noqa: S105 (made up; must never show)
-
-
-@pytest.fixture
-def prefix(unique_name: str) -> str:
-    return f"bad.{unique_name}"
-
-
-@pytest.fixture
-def publisher(kafka_bootstrap: str, prefix: str) -> Publisher:
-    return Publisher(Producer(KafkaSettings(bootstrap_servers=kafka_bootstrap)), prefix)
 
 
 @pytest.fixture
@@ -76,16 +60,6 @@ def raw_producer(kafka_bootstrap: str) -> Iterator[Callable[[str, bytes], None]]
 
 def _rdata_for(stream: str, wire_row: list[object]) -> bytes:
     return encode(RdataCommand(stream, "master", 7, (row_from_wire(stream, wire_row),)))
-
-
-def _allow_large_records(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    entry = ConfigEntry(
-        "max.message.bytes", "4000000", incremental_operation=AlterConfigOpType.SET
-    )
-    resource = ConfigResource("topic", topic, incremental_configs=[entry])
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(30)
 
 
 @dataclass(frozen=True)
@@ -128,7 +102,7 @@ def test_every_kind_of_bad_record_reaches_the_dead_letter_topic(
 ) -> None:
     ensure_topics(kafka_bootstrap, prefix, ["typing"])
     topic = topics.stream_topic(prefix, "typing")
-    _allow_large_records(kafka_bootstrap, topic)
+    allow_large_records(kafka_bootstrap, topic)
     with ConsumerRun(kafka_bootstrap, prefix, ["typing"], None) as run:
         run.wait_caught_up()
         for bad in BAD_RECORDS:

@@ -17,7 +17,6 @@ from adapter import topics
 from adapter.config import KafkaSettings
 from adapter.db.writer import SynapseWriter
 from adapter.kafka.consumer import Consumer
-from adapter.kafka.producer import Producer
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ConsumerRun,
@@ -30,16 +29,6 @@ from tests.integration.harness import (
 
 STREAMS = ["receipts", "account_data"]
 UPDATES = 6
-
-
-@pytest.fixture
-def prefix(unique_name: str) -> str:
-    return f"it.{unique_name}"
-
-
-@pytest.fixture
-def publisher(kafka_bootstrap: str, prefix: str) -> Publisher:
-    return Publisher(Producer(KafkaSettings(bootstrap_servers=kafka_bootstrap)), prefix)
 
 
 def _delivered(run: ConsumerRun, stream: str) -> list[int]:

@@ -24,12 +24,6 @@ import pytest
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import Producer as RawProducer
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-)
 
 from adapter import topics
 from adapter.backoff import Backoff
@@ -38,7 +32,6 @@ from adapter.db.writer import SynapseWriter
 from adapter.errors import DeliveryError
 from adapter.kafka.admin import Admin
 from adapter.kafka.consumer import Consumer
-from adapter.kafka.producer import Producer
 from adapter.localstack import KafkaBroker, PostgresCluster
 from adapter.positions import decode_commit_metadata
 from adapter.rows import row_from_wire
@@ -47,6 +40,7 @@ from adapter.runtime.lag import LagRow, measure_lag
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ConsumerRun,
+    allow_large_records,
     dead_letter_records,
     ensure_topics,
     json_lines,
@@ -57,16 +51,6 @@ from tests.integration.harness import (
 )
 
 ENGINES = ["postgresql", "sqlite"]
-
-
-@pytest.fixture
-def prefix(unique_name: str) -> str:
-    return f"it.{unique_name}"
-
-
-@pytest.fixture
-def publisher(kafka_bootstrap: str, prefix: str) -> Publisher:
-    return Publisher(Producer(KafkaSettings(bootstrap_servers=kafka_bootstrap)), prefix)
 
 
 def _events(
@@ -291,20 +275,7 @@ def test_a_bad_record_too_large_for_the_dead_letter_topic_is_kept_as_a_reference
     ensure_topics(kafka_bootstrap, prefix, ["typing"])
     topic = topics.stream_topic(prefix, "typing")
     # The stream topic takes 4 MB records; the dead-letter producer keeps its 1 MB.
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    resource = ConfigResource(
-        "topic",
-        topic,
-        incremental_configs=[
-            ConfigEntry(
-                "max.message.bytes",
-                "4000000",
-                incremental_operation=AlterConfigOpType.SET,
-            )
-        ],
-    )
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(30)
+    allow_large_records(kafka_bootstrap, topic)
     raw = RawProducer(
         {"bootstrap.servers": kafka_bootstrap, "message.max.bytes": "4100000"}
     )
