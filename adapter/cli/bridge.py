@@ -38,6 +38,7 @@ from adapter.records import PresenceSnapshot
 from adapter.redis_io import ReplicationSubscriber
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.bridge import Bridge
+from adapter.runtime.db_probe import DatabaseProbe
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import Check, DependencyStatus, HealthServer
 from adapter.runtime.lag import read_positions_topic
@@ -152,6 +153,10 @@ def bridge(
             port=metrics_port,
         )
         server.start()
+    # /health then reflects the database between gap repairs too.
+    probe = DatabaseProbe(dsn, database) if dsn and server else None
+    if probe is not None:
+        probe.start()
     backoff = Backoff()
     failed = False
     windows = {
@@ -211,6 +216,8 @@ def bridge(
                 )
                 stop.wait(delay)
     finally:
+        if probe is not None:
+            probe.stop()
         dead_letters.close()
         if server is not None:
             server.stop()

@@ -31,6 +31,7 @@ from adapter.ports import Handler
 from adapter.rows import STREAM_NAMES
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer, StartFrom
+from adapter.runtime.db_probe import DatabaseProbe
 from adapter.runtime.health import Check, HealthServer
 from adapter.runtime.progress import ProgressReporter
 from adapter.runtime.sinks import JsonLinesSink, load_handler
@@ -201,9 +202,15 @@ def consume(
     reporter = ProgressReporter(consumer.progress) if progress else None
     if reporter is not None:
         reporter.start()
+    # /health then reflects the database between backfills too.
+    probe = DatabaseProbe(dsn, consumer.database) if dsn and server else None
+    if probe is not None:
+        probe.start()
     try:
         consumer.run(stop)
     finally:
+        if probe is not None:
+            probe.stop()
         if reporter is not None:
             reporter.stop()
         if server is not None:

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from adapter.cli.exit_codes import EXIT_CONFIG, EXIT_RUNTIME
-from adapter.localstack import KafkaBroker, RedisServer
+from adapter.db.connection import connect
+from adapter.db.synapse_schema import create_synapse_tables
+from adapter.localstack import KafkaBroker, PostgresCluster, RedisServer
 from adapter.localstack._process import free_port
 from tests.integration.harness import wait_for
 
@@ -249,3 +251,33 @@ def test_bridge_health_follows_kafka_and_redis(
         _stop(proc)
         if not redis_server.running():
             redis_server.start()
+
+
+def test_consumer_health_follows_the_database_between_backfills(
+    kafka_bootstrap: str, postgres: PostgresCluster, pg_dsn: str, tmp_path: Path
+) -> None:
+    # A database Synapse made (the consumer refuses to create one), then stopped.
+    with connect(pg_dsn) as conn:
+        create_synapse_tables(conn)
+    prefix = ["--prefix", f"dbhealth.{free_port()}"]
+    ensured, _ = run("topics", "ensure", "-b", kafka_bootstrap, *prefix)
+    assert ensured.returncode == 0, ensured.stderr
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/health"
+    proc = _start(
+        ["consume", "-b", kafka_bootstrap, *prefix, "--db", pg_dsn, "--stream", "events",
+         "--metrics-port", str(port), "--no-progress", "-o", str(tmp_path / "o.jsonl")],
+        tmp_path / "consume.err",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _status(health)[0] == 200, 60, "/health 200")
+        postgres.stop()
+        # The probe asks every 10 s; nothing else uses the database now.
+        wait_for(lambda: _status(health)[0] == 503, 30, "/health 503 without the DB")
+        assert "database unreachable" in _status(health)[1]
+        postgres.start()
+        wait_for(lambda: _status(health)[0] == 200, 30, "/health 200 with the DB back")
+    finally:
+        _stop(proc)
+        if not postgres.running():
+            postgres.start()
