@@ -105,6 +105,7 @@ def test_every_kind_of_bad_record_reaches_the_dead_letter_topic(
     allow_large_records(kafka_bootstrap, topic)
     with ConsumerRun(kafka_bootstrap, prefix, ["typing"], None) as run:
         run.wait_caught_up()
+        attempts_when_live = run.consumer.attempts
         for bad in BAD_RECORDS:
             raw_producer(topic, bad.value)
         publisher.publish_rdata(
@@ -114,7 +115,9 @@ def test_every_kind_of_bad_record_reaches_the_dead_letter_topic(
         wait_for(
             lambda: run.recorder.tokens("typing") == [1], what="the good record after"
         )
-        assert run.consumer.attempts == 1  # never restarted over a bad record
+        # Never restarted over a bad record (a start-up retry, such as "not
+        # coordinator" on a busy broker, happened before and does not count).
+        assert run.consumer.attempts == attempts_when_live
     letters = dead_letter_records(kafka_bootstrap, prefix, len(BAD_RECORDS))
     for offset, (bad, (value, headers)) in enumerate(
         zip(BAD_RECORDS, letters, strict=True)
