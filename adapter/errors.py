@@ -33,6 +33,7 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "ConsumeError",
+    "DatabaseConfigError",
     "DecodeError",
     "DeliveryError",
     "EncodeError",
@@ -139,6 +140,18 @@ class BackfillError(AdapterError):
     def __init__(self, message: str, *, retriable: bool = True) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class DatabaseConfigError(BackfillError, ConfigError):
+    """The database answered, and said the settings are wrong.
+
+    A database name or role that does not exist, a refused password, a database
+    without Synapse's tables: waiting will not change the answer, so it is not
+    retried, and the command ends with the configuration exit code.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
 
 
 class SinkError(AdapterError):

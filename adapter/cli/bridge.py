@@ -132,7 +132,7 @@ def bridge(
     subscriber = ReplicationSubscriber(
         redis_url(redis, redis_password_file), server_name
     )
-    dsn = db_dsn(db, db_password_file) if db else None
+    dsn = db_dsn(db, db_password_file) if db is not None else None
     database = DependencyStatus()
     # The producer of the current attempt (a new one after each Kafka failure).
     current: list[Producer] = []

@@ -347,6 +347,11 @@ def read_secret(value: str | None, file: Path | None, what: str) -> Secret | Non
             raise ConfigError(
                 f"cannot read {what} file {file}: {exc.strerror}"
             ) from exc
+        except UnicodeDecodeError as exc:
+            # Never show the bytes: they are (part of) the secret.
+            raise ConfigError(
+                f"{what} file {file} is not UTF-8 text (byte {exc.start})"
+            ) from None
         first = text.splitlines()[0] if text else ""
         return Secret(first.strip())
     return Secret(value) if value else None

@@ -176,7 +176,7 @@ def consume(
         commit_interval_s=commit_interval,
         handler_policy="dead-letter" if on_handler_error == "dead-letter" else "stop",
     )
-    dsn = db_dsn(db, db_password_file) if db else None
+    dsn = db_dsn(db, db_password_file) if db is not None else None
     consumer = ReplicationConsumer(
         settings,
         options,

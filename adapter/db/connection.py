@@ -34,7 +34,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from adapter.config import Secret, redact_text, redact_url, with_url_password
-from adapter.errors import BackfillError, ConfigError
+from adapter.errors import BackfillError, ConfigError, DatabaseConfigError
 
 __all__ = [
     "DbConnection",
@@ -69,6 +69,15 @@ def _to_pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+# PostgreSQL's answers that only a change of --db fixes (libpq's message texts).
+_PG_SETTINGS_WRONG: Final = (
+    "does not exist",  # database "x" / role "x"
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "authentication failed",
+)
+
+
 def _translate(exc: Exception, what: str, secret: str | None = None) -> BackfillError:
     """Map a driver exception to :class:`BackfillError` with the right ``retriable``."""
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
@@ -83,7 +92,12 @@ def _translate(exc: Exception, what: str, secret: str | None = None) -> Backfill
     # A driver may quote its connection string back; the password never shows. libpq
     # adds a tab-indented hint line: the message stays one line.
     text = " ".join(redact_text(str(exc), [secret]).split())
-    return BackfillError(f"{what}: {type(exc).__name__}: {text}", retriable=retriable)
+    message = f"{what}: {type(exc).__name__}: {text}"
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return DatabaseConfigError(f"{message} (is this Synapse's database?)")
+    if any(marker in text.lower() for marker in _PG_SETTINGS_WRONG):
+        return DatabaseConfigError(message)
+    return BackfillError(message, retriable=retriable)
 
 
 @contextmanager

@@ -36,6 +36,7 @@ import redis
 from redis.exceptions import RedisError
 
 from adapter.backoff import Backoff
+from adapter.config import redact_url
 from adapter.errors import ConfigError
 
 _hiredis: ModuleType | None
@@ -303,10 +304,18 @@ class ReplicationSubscriber:
             auth = (ep.username, ep.password) if ep.username else (ep.password,)
             reply = self._request(sock, reader, "AUTH", *auth)[0]
             if isinstance(reply, RespError):
-                # The server's message names no secret; ours names none either.
-                raise RespError(f"AUTH failed: {reply}")
+                # The server's message names no secret; ours names none either. A
+                # refused password stays refused: a configuration error, not retried.
+                raise ConfigError(
+                    f"Redis at {redact_url(self._url)} refused the credentials: {reply}"
+                )
         reply = self._request(sock, reader, "CLIENT", "SETNAME", CLIENT_NAME)[0]
         if isinstance(reply, RespError):
+            if str(reply).startswith("NOAUTH"):
+                raise ConfigError(
+                    f"Redis at {redact_url(self._url)} needs a password "
+                    "(in the URL, or --redis-password-file)"
+                )
             raise RespError(f"CLIENT SETNAME failed: {reply}")
         sock.sendall(_command("SUBSCRIBE", *self.channels))
         # Both confirmations before REPLICATE, or the POSITION answers could be

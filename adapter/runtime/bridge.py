@@ -61,7 +61,13 @@ from adapter.commands import (
     UserSyncCommand,
     parse_line,
 )
-from adapter.errors import AdapterError, BackfillError, DecodeError, EncodeError
+from adapter.errors import (
+    AdapterError,
+    BackfillError,
+    ConfigError,
+    DecodeError,
+    EncodeError,
+)
 from adapter.kafka.producer import Producer
 from adapter.masking import mask_access_tokens, mask_user_ip_line
 from adapter.metrics import HistogramBatch, Metrics
@@ -392,11 +398,13 @@ class Bridge:
                 self._publisher.publish(RdataCommand(stream, writer, token, typed_rows))
                 self._published[key] = top = token
                 rows += len(typed_rows)
+        except ConfigError:
+            raise  # not Synapse's database, or wrong credentials: the command ends
         except (BackfillError, EncodeError) as exc:
             if isinstance(exc, BackfillError):
                 self.database.failed(str(exc))
             self._close_reader()
-            logger.exception("%s/%s: gap repair failed", stream, writer)
+            logger.warning("%s/%s: gap repair failed: %s", stream, writer, exc)
             self._unrepaired(key, top, to_token, "could not be read")
             return top
         finally:
@@ -437,6 +445,8 @@ class Bridge:
         if self._reader is None and self._open_reader is not None:
             try:
                 self._reader = self._open_reader()
+            except ConfigError:
+                raise  # wrong --db settings: not retried, the command ends
             except BackfillError as exc:
                 self.database.failed(str(exc))
                 logger.warning("cannot open the database for gap repair: %s", exc)

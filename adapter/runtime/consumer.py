@@ -50,6 +50,7 @@ from adapter.config import KafkaSettings
 from adapter.errors import (
     AdapterError,
     BackfillError,
+    ConfigError,
     DecodeError,
     KafkaIOError,
     SinkError,
@@ -325,6 +326,12 @@ class ReplicationConsumer:
             self.attempts += 1
             try:
                 self._run_once(stop)
+            except ConfigError as exc:
+                # Wrong settings (a database that does not exist, a refused
+                # password): waiting will not change them.
+                if isinstance(exc, BackfillError):
+                    self.database.failed(str(exc))
+                raise
             except (KafkaIOError, BackfillError) as exc:
                 if isinstance(exc, BackfillError):
                     self.database.failed(str(exc))

@@ -16,12 +16,13 @@ import json
 import os
 import re
 import stat
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from adapter.errors import ConfigError, SinkError
+from adapter.errors import ConfigError, SinkError, exception_summary
 from adapter.ports import Handler, StreamUpdate
 from adapter.rows import row_to_wire
 
@@ -255,11 +256,18 @@ def load_handler(spec: str) -> Handler:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"handler must be module:function, got {spec!r}")
+    # As `python -m` and most plugin loaders do: a module in the working folder counts.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
             f"cannot import handler module {module_name!r}: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise ConfigError(
+            f"handler module {module_name!r} failed to load: {exception_summary(exc)}"
         ) from exc
     target: Any = module
     for part in attr.split("."):

@@ -27,6 +27,7 @@ from adapter.codec import MAGIC, encode
 from adapter.commands import RdataCommand
 from adapter.config import KafkaSettings
 from adapter.kafka.admin import Admin
+from adapter.localstack import PostgresCluster
 from adapter.localstack._process import free_port
 from adapter.rows import row_from_wire
 from adapter.runtime.publisher import Publisher
@@ -264,20 +265,56 @@ BAD_COMMANDS = [
                "--kafka-username", "u", "-X", "no.such=1"), 2, "No such configuration"),
     BadCommand("unreachable broker", ("topics", "describe", "-b", "{dead}", "--prefix", "p",
                "--timeout", "2"), 1, "cannot reach Kafka"),
+    BadCommand("--db empty", (*_CONSUME, "--db", ""), 2, "empty"),
+    BadCommand("password file not UTF-8", ("lag", "-b", "{dead}", "--prefix", "p",
+               "--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN",
+               "--kafka-username", "u", "--kafka-password-file", "pw"), 2, "not UTF-8",
+               files=(("pw", b"\xff\xfesekret-pw\n"),)),
+    BadCommand("handler module that fails as it loads", (*_CONSUME, "--handler", "boom:f"),
+               2, "RuntimeError: boom", files=(("boom.py", b"raise RuntimeError('boom')\n"),)),
+    BadCommand("handler module with a syntax error", (*_CONSUME, "--handler", "broken:f"),
+               2, "SyntaxError", files=(("broken.py", b"def f(:\n"),)),
+    BadCommand("a database that does not exist", ("consume", "-b", "{kafka}", "--prefix",
+               "{prefix}", "--metrics-port", "-1", "--stream", "events", "--db",
+               "{pg_missing}"), 2, "does not exist"),
+    BadCommand("a database that is not Synapse's", ("consume", "-b", "{kafka}", "--prefix",
+               "{prefix}", "--metrics-port", "-1", "--stream", "events", "--db", "{pg}"),
+               2, "Synapse's database"),
+    BadCommand("Redis refuses the password", ("bridge", "-b", "{kafka}", "--server-name",
+               "bad.test", "--metrics-port", "-1", "--redis", "{redis_wrong_password}",
+               "--log-level", "WARNING"),
+               2, "refused the credentials"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", BAD_COMMANDS, ids=lambda bad: bad.kind)
 def test_every_bad_command_line_is_one_clear_line(
-    bad: BadCommand, tmp_path: Path
+    bad: BadCommand,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    postgres: PostgresCluster,
+    redis_url: str,
+    unique_name: str,
 ) -> None:
     dead = f"127.0.0.1:{free_port()}"
+    prefix = f"badcmd.{unique_name}"
+    if "{prefix}" in bad.argv:
+        ensure_topics(kafka_bootstrap, prefix, ["events"])
+    host = redis_url.split("://", 1)[1]
+    places = {
+        "dead": dead,
+        "kafka": kafka_bootstrap,
+        "prefix": prefix,
+        "pg": postgres.dsn("postgres"),
+        "pg_missing": postgres.dsn("no_such_database"),
+        "redis_wrong_password": f"redis://:sekret-pw@{host}",
+    }
     for name, content in bad.files:
         (tmp_path / name).write_bytes(content)
     before = sorted(p.name for p in tmp_path.iterdir())
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "adapter", *(a.format(dead=dead) for a in bad.argv)],
+        [sys.executable, "-m", "adapter", *(a.format(**places) for a in bad.argv)],
         input=bad.stdin,
         capture_output=True,
         cwd=tmp_path,
