@@ -266,8 +266,12 @@ class HealthServer:
 
     def _failed_check(self) -> str | None:
         """The ``/health`` line of the first failed check, or None when all pass."""
-        probes = [("not alive", self._alive), ("broker unreachable", self._broker)]
+        # The dependencies before the broker: a consumer whose database is down never
+        # gets as far as connecting to Kafka, and must not be reported as cut off
+        # from the broker.
+        probes = [("not alive", self._alive)]
         probes += [(f"{name} unreachable", p) for name, p in self._dependencies.items()]
+        probes.append(("broker unreachable", self._broker))
         for name, probe in probes:
             check = probe()
             if not check.ok:
