@@ -109,3 +109,16 @@ def test_a_missing_lock_says_how_to_make_one(copy: Path) -> None:
         result.stderr
         == "synkafka: requirements.lock is missing; create it with: make lock\n"
     )
+
+
+def test_a_pin_edited_by_hand_is_caught(copy: Path) -> None:
+    lock = copy / "requirements.lock"
+    text = lock.read_text(encoding="utf-8")
+    edited = re.sub(r"^redis==[^ ]+", "redis==5.0.0", text, count=1, flags=re.M)
+    assert edited != text
+    lock.write_text(edited, encoding="utf-8")
+    result = _lock("check", root=copy)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "edited by hand" in result.stderr
+    assert "make lock" in result.stderr
