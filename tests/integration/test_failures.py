@@ -281,3 +281,56 @@ def test_consumer_health_follows_the_database_between_backfills(
         _stop(proc)
         if not postgres.running():
             postgres.start()
+
+
+def test_bridge_logs_a_redis_outage_once_then_a_reminder_and_the_recovery_once(
+    kafka_bootstrap: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    server = "redisflood.test"
+    ensured, _ = run("topics", "ensure", "-b", kafka_bootstrap, "--server-name", server)
+    assert ensured.returncode == 0, ensured.stderr
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/health"
+    err = tmp_path / "bridge.err"
+    proc = _start(
+        ["bridge", "-b", kafka_bootstrap, "--redis", redis_server.url,
+         "--server-name", server, "--metrics-port", str(port)],
+        err,
+    )  # fmt: skip
+
+    def redis_lines() -> list[str]:
+        lines = err.read_text("utf-8", "replace").splitlines()[stopped_at:]
+        return [line for line in lines if "Redis" in line]
+
+    try:
+        wait_for(lambda: _status(health)[0] == 200, 60, "/health 200")
+        stopped_at = len(err.read_bytes().splitlines())
+        redis_server.stop()
+        down_at = time.monotonic()
+        # The reminder comes 30 s after the first line; before the fix, the
+        # subscriber had logged about 7 warnings by then (one per reconnect).
+        wait_for(
+            lambda: any("similar lines suppressed" in line for line in redis_lines()),
+            60,
+            "a reminder while Redis is down",
+        )
+        assert time.monotonic() - down_at >= 29
+        outage = redis_lines()
+        assert len(outage) == 2, "\n".join(outage)
+        assert "suppressed" not in outage[0]
+        suppressed = int(outage[1].split("; ")[-1].split()[0])
+        assert suppressed >= 3, outage[1]
+        redis_server.start()
+        wait_for(
+            lambda: any("Redis is back" in line for line in redis_lines()),
+            60,
+            "the recovery line",
+        )
+        wait_for(lambda: _status(health)[0] == 200, 30, "/health 200 with Redis back")
+        lines = redis_lines()
+        assert len(lines) == 3, "\n".join(lines)
+        assert "failed attempts" in lines[2]
+    finally:
+        _stop(proc)
+        if not redis_server.running():
+            redis_server.start()
