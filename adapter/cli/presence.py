@@ -288,7 +288,10 @@ def track(
     for user_id, device_id in pairs:
         sync.sync_started(user_id, device_id)
     try:
-        sync.start()
+        # A stop while the first snapshot waits for an unreachable broker ends the
+        # wait at once; close() below then says whether the clear got through.
+        if not sync.start(stop=stop):
+            return
         _say(
             {
                 "instance_id": sync.instance_id,

@@ -334,3 +334,35 @@ def test_bridge_logs_a_redis_outage_once_then_a_reminder_and_the_recovery_once(
         _stop(proc)
         if not redis_server.running():
             redis_server.start()
+
+
+def test_presence_track_stops_within_seconds_when_the_broker_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    err = tmp_path / "track.err"
+    proc = _start(
+        ["presence", "track", "--user", "@a:x", "-b", dead, "--prefix", "dead.p"], err
+    )
+    try:
+        # Running: the producer has found the broker down (the first snapshot waits).
+        wait_for(lambda: b"brokers are down" in err.read_bytes(), 30, "broker down")
+        stopped = time.monotonic()
+        proc.terminate()
+        proc.wait(20)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    stderr = err.read_text("utf-8", "replace")
+    # Before: 30.7 s (the first snapshot's 30 s wait, then 5 s for the clear).
+    assert took < 8, f"took {took:.1f} s\n{stderr}"
+    assert proc.returncode == EXIT_RUNTIME, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("synkafka: ")]
+    assert len(errors) == 1, stderr
+    assert "clear of presence instance" in errors[0], errors[0]
+    assert "not delivered" in errors[0], errors[0]
+    # The time it gives is the time it waited, no more than the whole stop took.
+    waited = float(errors[0].split(" within ")[1].split(" s")[0])
+    assert 0 < waited <= took, errors[0]
