@@ -269,6 +269,11 @@ BAD_COMMANDS = [
     BadCommand("secret next to a bad setting", (*_CONSUME, "--kafka-password", "sekret-pw",
                "--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN",
                "--kafka-username", "u", "-X", "no.such=1"), 2, "No such configuration"),
+    BadCommand("presence track with an empty user", ("presence", "track", "--user", "",
+               "-b", "{dead}", "--prefix", "p"), 2, "--user '' is not a Matrix user ID"),
+    BadCommand("presence track with a user that is no Matrix ID", ("presence", "track",
+               "--user", "@alice", "-b", "{dead}", "--prefix", "p"), 2,
+               "--user '@alice' is not a Matrix user ID"),
     BadCommand("unreachable broker", ("topics", "describe", "-b", "{dead}", "--prefix", "p",
                "--timeout", "2"), 1, "cannot reach Kafka"),
 ]  # fmt: skip
