@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from adapter import __version__
 from adapter.cli.common import config_default_map
@@ -20,12 +19,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _tree(command: object) -> dict[str, Any] | None:
-    if isinstance(command, TyperGroup):
-        return {name: _tree(sub) for name, sub in command.commands.items()}
-    return None
 
 
 def _show_version(value: bool) -> None:
@@ -43,7 +36,8 @@ def root(
             "--config",
             envvar="SYNKAFKA_CONFIG",
             help="TOML file with option defaults: top-level keys apply to every "
-            "command, a table named after a command (consume, topics.ensure...) to one.",
+            "command, a table named after a command (consume, topics.ensure...) to one; "
+            "keys are the long option names without dashes (json, from, metrics-port).",
             show_default=False,
         ),
     ] = None,
@@ -62,5 +56,4 @@ def root(
     Every option also reads a SYNKAFKA_* environment variable (see each --help).
     """
     if config is not None:
-        tree = _tree(ctx.command) or {}
-        ctx.default_map = config_default_map(config, tree)
+        ctx.default_map = config_default_map(config, ctx.command)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -43,6 +44,14 @@ from adapter.runtime.presence_view import PresenceFollower
 from adapter.runtime.publisher import Publisher
 
 __all__ = ["presence_app"]
+
+# A Matrix user ID: "@", a localpart of printable ASCII without ":" (the spec's
+# historical grammar, which Synapse still accepts), ":", then the server name: a
+# DNS name, IPv4 or [IPv6] literal, with an optional port. 255 bytes at most.
+_USER_ID_RE = re.compile(
+    r"@[\x21-\x39\x3b-\x7e]+:(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
+_USER_ID_MAX_BYTES = 255
 
 presence_app = typer.Typer(
     help="List who syncs where (default), or hold syncs open as a tracker would.",
@@ -187,6 +196,25 @@ def _table(summaries: list[InstanceSummary], max_users: int = 5) -> str:
     )
 
 
+def _check_user_ids(users: list[str]) -> None:
+    """Refuse a --user that is not a Matrix user ID, before anything is published.
+
+    An empty or malformed ID would be announced as syncing and reach every
+    consumer's presence view, where no Synapse user can ever match it.
+
+    Raises:
+        ConfigError: one of them is not ``@localpart:server``.
+    """
+    for user in users:
+        if (
+            _USER_ID_RE.fullmatch(user) is None
+            or len(user.encode("utf-8")) > _USER_ID_MAX_BYTES
+        ):
+            raise ConfigError(
+                f"--user {user!r} is not a Matrix user ID (@localpart:server)"
+            )
+
+
 def _pairs(users: list[str], devices: list[str]) -> list[tuple[str, str | None]]:
     if not devices:
         return [(u, None) for u in users]
@@ -255,6 +283,7 @@ def track(
     when the clear is acknowledged ({"cleared": ...}). For demos and tests.
     """
     setup_logging(log_level)
+    _check_user_ids(user)
     pairs = _pairs(user, device or [])
     name = instance_name or "presence-track"
     stop = threading.Event()
@@ -288,7 +317,10 @@ def track(
     for user_id, device_id in pairs:
         sync.sync_started(user_id, device_id)
     try:
-        sync.start()
+        # A stop while the first snapshot waits for an unreachable broker ends the
+        # wait at once; close() below then says whether the clear got through.
+        if not sync.start(stop=stop):
+            return
         _say(
             {
                 "instance_id": sync.instance_id,

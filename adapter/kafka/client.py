@@ -13,7 +13,7 @@ librdkafka's own log goes through Python logging, never to stderr as raw
 property (confluent-kafka then serves the lines from ``poll()``, on the polling
 thread), and the clients' error callbacks report through it too. It logs to the
 ``adapter.kafka.client`` logger, deduplicated process-wide by a
-:class:`~adapter.kafka.logdedup.LogDeduplicator`: while a broker is down, the
+:class:`~adapter.logdedup.LogDeduplicator`: while a broker is down, the
 failure is logged once, then at most every 30 s with the count of lines
 suppressed.
 """
@@ -28,7 +28,7 @@ from confluent_kafka import Producer as _ConfluentProducer
 
 from adapter.config import KafkaSettings, redact_text
 from adapter.errors import ConfigError
-from adapter.kafka.logdedup import LogDeduplicator
+from adapter.logdedup import LogDeduplicator
 
 __all__ = [
     "CLIENT_LOGGER",
@@ -73,7 +73,7 @@ class ClientLog:
 
         Args:
             level: the Python logging level.
-            text: the line; its kind (see :func:`~adapter.kafka.logdedup.line_kind`)
+            text: the line; its kind (see :func:`~adapter.logdedup.line_kind`)
                 decides what counts as a repeat.
             source: who reports it (``rdkafka#consumer-1 FAIL``, ``Kafka producer``).
         """

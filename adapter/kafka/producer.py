@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -61,6 +62,8 @@ class Delivered(NamedTuple):
 # Delivery reports are served after this many produce calls or 50 ms, whichever
 # comes first (and by flush/poll).
 _POLL_EVERY = 64
+# How often an interruptible flush looks at its event: a stop is seen this fast.
+_INTERRUPT_CHECK_S = 0.1
 
 DeliveryCallback = Callable[[DeliveryError | None, Delivered | None], None]
 
@@ -296,21 +299,43 @@ class Producer:
         if self._failure is not None:
             raise self._failure
 
-    def flush(self, timeout_s: float = 30.0) -> None:
+    def flush(
+        self, timeout_s: float = 30.0, *, interrupt: threading.Event | None = None
+    ) -> None:
         """Wait until every queued record is acknowledged.
+
+        Args:
+            timeout_s: the longest wait.
+            interrupt: when set, stop waiting within :data:`_INTERRUPT_CHECK_S`
+                (librdkafka's own flush cannot be woken, so it is called in slices).
 
         Raises:
             DeliveryError: a record failed, or some were still unacknowledged at the
-                deadline.
+                deadline or when ``interrupt`` was set. The message gives the time
+                actually waited.
         """
         if self._client is None:
             return
-        remaining = self._client.flush(timeout_s)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        while True:
+            step = deadline - time.monotonic()
+            if interrupt is not None:
+                step = min(step, _INTERRUPT_CHECK_S)
+            remaining = self._client.flush(max(0.0, step))
+            if (
+                not remaining
+                or self._failure is not None
+                or time.monotonic() >= deadline
+                or (interrupt is not None and interrupt.is_set())
+            ):
+                break
         self._publish_counts()
         self.check()
         if remaining:
+            waited = time.monotonic() - started
             raise DeliveryError(
-                f"{remaining} records not acknowledged within {timeout_s:.0f} s",
+                f"{remaining} records not acknowledged within {waited:.1f} s",
                 retriable=True,
             )
 

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from adapter.backoff import Backoff
 from adapter.config import redact_url
 from adapter.errors import ConfigError
+from adapter.logdedup import DEFAULT_INTERVAL_S, LogDeduplicator
 
 _hiredis: ModuleType | None
 try:
@@ -221,6 +222,8 @@ class ReplicationSubscriber:
         server_name: the homeserver's ``server_name`` (the channel prefix).
         backoff: the reconnect schedule (Synapse's own is 1 s growing to 5 s).
         connect_timeout_s: how long connecting and subscribing may take.
+        outage_log_interval_s: while Redis stays down, the least time between two
+            warnings about it (the first failure is logged at once).
 
     Raises:
         ConfigError: an invalid server name or URL.
@@ -233,6 +236,7 @@ class ReplicationSubscriber:
         *,
         backoff: Backoff | None = None,
         connect_timeout_s: float = 10.0,
+        outage_log_interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         if not server_name or any(c.isspace() for c in server_name):
             raise ConfigError(f"invalid server name {server_name!r}")
@@ -249,6 +253,10 @@ class ReplicationSubscriber:
         """Whether the subscription is up now."""
         self.last_error = ""
         """The last connection failure, with any password removed."""
+        self._outage_log_interval_s = outage_log_interval_s
+        self._outage_log = LogDeduplicator(interval_s=outage_log_interval_s)
+        self._down_since: float | None = None
+        self._failed_attempts = 0
 
     # -- connecting ---------------------------------------------------------------
 
@@ -383,7 +391,7 @@ class ReplicationSubscriber:
                     self.connected = True
                     self._backoff.reset()
                     last_traffic, ping_sent = time.monotonic(), False
-                    logger.info("subscribed to %s", ", ".join(self.channels))
+                    self._recovered()
                     yield RedisMessage("", "", time.monotonic(), reconnected=True)
                 try:
                     batch = self._read_batch(sock, reader, idle_s)
@@ -458,7 +466,44 @@ class ReplicationSubscriber:
     def _failed(self, what: str, exc: BaseException) -> None:
         self.connected = False
         self.last_error = _without_secrets(str(exc) or type(exc).__name__, self._url)
-        logger.warning("%s: %s", what, self.last_error)
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        self._failed_attempts += 1
+        # One outage is one kind of line whatever each attempt reports (refused,
+        # timed out, lost): the reconnect loop fails every few seconds, and a line
+        # per attempt would bury everything else in the log.
+        verdict = self._outage_log.admit("redis down")
+        if not verdict.show:
+            return
+        if self._failed_attempts == 1:
+            logger.warning("%s: %s", what, self.last_error)
+        else:
+            logger.warning(
+                "%s: %s (down for %.0f s; %d similar lines suppressed)",
+                what,
+                self.last_error,
+                now - self._down_since,
+                verdict.suppressed,
+            )
+
+    def _recovered(self) -> None:
+        """Log a (re)subscribe: the end of an outage once, with how long it lasted."""
+        channels = ", ".join(self.channels)
+        if self._down_since is None:
+            logger.info("subscribed to %s", channels)
+            return
+        logger.warning(
+            "Redis is back: subscribed to %s again after %.0f s down (%d failed "
+            "attempts)",
+            channels,
+            time.monotonic() - self._down_since,
+            self._failed_attempts,
+        )
+        self._down_since = None
+        self._failed_attempts = 0
+        # The next outage is news again, however soon it comes.
+        self._outage_log = LogDeduplicator(interval_s=self._outage_log_interval_s)
 
 
 def _without_secrets(text: str, url: str) -> str:

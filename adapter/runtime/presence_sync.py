@@ -111,8 +111,10 @@ class PresencePublisher(Protocol):
         """Encode and produce one record (routing presence to the presence topic)."""
         ...
 
-    def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait until every record produced so far is acknowledged."""
+    def flush(
+        self, timeout_s: float = 30.0, *, interrupt: threading.Event | None = None
+    ) -> None:
+        """Wait until every record produced so far is acknowledged (or ``interrupt``)."""
         ...
 
 
@@ -236,7 +238,13 @@ class PresenceSync:
 
     # -- life cycle --------------------------------------------------------------------
 
-    def start(self, *, register_atexit: bool = True, timeout_s: float = 30.0) -> None:
+    def start(
+        self,
+        *,
+        register_atexit: bool = True,
+        timeout_s: float = 30.0,
+        stop: threading.Event | None = None,
+    ) -> bool:
         """Announce the instance, then publish in a background thread.
 
         The first snapshot is published and flushed here, so a broker that cannot be
@@ -245,6 +253,12 @@ class PresenceSync:
         Args:
             register_atexit: also run :meth:`close` at a normal interpreter exit.
             timeout_s: how long to wait for the first snapshot's delivery.
+            stop: when set while waiting for that delivery, give up waiting and
+                return False: the caller is stopping, and :meth:`close` will publish
+                the clear and say whether it was delivered.
+
+        Returns:
+            True once started; False when ``stop`` ended the wait.
 
         Raises:
             DeliveryError: the first snapshot was not acknowledged in time.
@@ -253,7 +267,12 @@ class PresenceSync:
             raise RuntimeError("PresenceSync can be started once")
         self.run_once()
         if self._publisher is not None:
-            self._publisher.flush(timeout_s)
+            try:
+                self._publisher.flush(timeout_s, interrupt=stop)
+            except DeliveryError:
+                if stop is None or not stop.is_set():
+                    raise
+                return False
         if register_atexit:
             atexit.register(self.close)
             self._atexit = True
@@ -261,6 +280,7 @@ class PresenceSync:
             target=self._run, name=f"presence-sync-{self.instance_id}", daemon=True
         )
         self._thread.start()
+        return True
 
     def run_once(self, now_ms: int | None = None) -> PresenceSnapshot | None:
         """Publish a snapshot if one is due now; what the background thread repeats.
@@ -324,7 +344,17 @@ class PresenceSync:
                 ClearUserSyncsCommand(self.instance_id),
                 on_delivery=self._on_delivery("clear", delivered),
             )
-        self._publisher.flush(max(0.1, deadline - time.monotonic()))
+        try:
+            self._publisher.flush(max(0.1, deadline - time.monotonic()))
+        except DeliveryError as exc:
+            # Nothing more can be done from here; say what that means for the
+            # other instances rather than only that records are pending.
+            raise DeliveryError(
+                f"the clear of presence instance {self.instance_id} was not "
+                f"delivered ({exc}); other instances keep its syncs until its "
+                "heartbeats expire",
+                retriable=True,
+            ) from exc
         if not delivered:
             raise DeliveryError(
                 f"clear of presence instance {self.instance_id} was not acknowledged",

@@ -19,6 +19,7 @@ Every delivery is checked by the producer; a failure surfaces as ``DeliveryError
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -275,11 +276,17 @@ class Publisher:
             )
         self._unannounced.clear()
 
-    def flush(self, timeout_s: float = 30.0) -> None:
+    def flush(
+        self, timeout_s: float = 30.0, *, interrupt: threading.Event | None = None
+    ) -> None:
         """Announce positions and wait for every record to be acknowledged.
+
+        Args:
+            timeout_s: the longest wait.
+            interrupt: when set, stop waiting early (see :meth:`Producer.flush`).
 
         Raises:
             DeliveryError: a record was not delivered.
         """
         self.announce_positions()
-        self._producer.flush(timeout_s)
+        self._producer.flush(timeout_s, interrupt=interrupt)

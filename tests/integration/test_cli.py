@@ -194,6 +194,9 @@ def test_toml_config_and_environment_supply_defaults(
         f'prefix = "{prefix}"\n'
         "[topics.ensure]\n"
         "partitions = 2\n"
+        # `json` as --help spells it (the parameter is `as_json`).
+        "[topics.describe]\n"
+        "json = true\n"
     )
     ensured = synkafka(
         "--config", str(config), "topics", "ensure", "--stream", "events"
@@ -207,7 +210,6 @@ def test_toml_config_and_environment_supply_defaults(
         "events",
         "--partitions",
         "2",
-        "--json",
         env={"SYNKAFKA_CONFIG": str(config), "SYNKAFKA_PREFIX": prefix},
     )
     assert described.returncode == 0, described.stdout + described.stderr

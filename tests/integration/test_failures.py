@@ -281,3 +281,88 @@ def test_consumer_health_follows_the_database_between_backfills(
         _stop(proc)
         if not postgres.running():
             postgres.start()
+
+
+def test_bridge_logs_a_redis_outage_once_then_a_reminder_and_the_recovery_once(
+    kafka_bootstrap: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    server = "redisflood.test"
+    ensured, _ = run("topics", "ensure", "-b", kafka_bootstrap, "--server-name", server)
+    assert ensured.returncode == 0, ensured.stderr
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/health"
+    err = tmp_path / "bridge.err"
+    proc = _start(
+        ["bridge", "-b", kafka_bootstrap, "--redis", redis_server.url,
+         "--server-name", server, "--metrics-port", str(port)],
+        err,
+    )  # fmt: skip
+
+    def redis_lines() -> list[str]:
+        lines = err.read_text("utf-8", "replace").splitlines()[stopped_at:]
+        return [line for line in lines if "Redis" in line]
+
+    try:
+        wait_for(lambda: _status(health)[0] == 200, 60, "/health 200")
+        stopped_at = len(err.read_bytes().splitlines())
+        redis_server.stop()
+        down_at = time.monotonic()
+        # The reminder comes 30 s after the first line; before the fix, the
+        # subscriber had logged about 7 warnings by then (one per reconnect).
+        wait_for(
+            lambda: any("similar lines suppressed" in line for line in redis_lines()),
+            60,
+            "a reminder while Redis is down",
+        )
+        assert time.monotonic() - down_at >= 29
+        outage = redis_lines()
+        assert len(outage) == 2, "\n".join(outage)
+        assert "suppressed" not in outage[0]
+        suppressed = int(outage[1].split("; ")[-1].split()[0])
+        assert suppressed >= 3, outage[1]
+        redis_server.start()
+        wait_for(
+            lambda: any("Redis is back" in line for line in redis_lines()),
+            60,
+            "the recovery line",
+        )
+        wait_for(lambda: _status(health)[0] == 200, 30, "/health 200 with Redis back")
+        lines = redis_lines()
+        assert len(lines) == 3, "\n".join(lines)
+        assert "failed attempts" in lines[2]
+    finally:
+        _stop(proc)
+        if not redis_server.running():
+            redis_server.start()
+
+
+def test_presence_track_stops_within_seconds_when_the_broker_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    err = tmp_path / "track.err"
+    proc = _start(
+        ["presence", "track", "--user", "@a:x", "-b", dead, "--prefix", "dead.p"], err
+    )
+    try:
+        # Running: the producer has found the broker down (the first snapshot waits).
+        wait_for(lambda: b"brokers are down" in err.read_bytes(), 30, "broker down")
+        stopped = time.monotonic()
+        proc.terminate()
+        proc.wait(20)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    stderr = err.read_text("utf-8", "replace")
+    # Before: 30.7 s (the first snapshot's 30 s wait, then 5 s for the clear).
+    assert took < 8, f"took {took:.1f} s\n{stderr}"
+    assert proc.returncode == EXIT_RUNTIME, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("synkafka: ")]
+    assert len(errors) == 1, stderr
+    assert "clear of presence instance" in errors[0], errors[0]
+    assert "not delivered" in errors[0], errors[0]
+    # The time it gives is the time it waited, no more than the whole stop took.
+    waited = float(errors[0].split(" within ")[1].split(" s")[0])
+    assert 0 < waited <= took, errors[0]

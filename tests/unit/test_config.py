@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import traceback
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 
+from adapter.cli import app
 from adapter.cli.common import config_default_map, db_dsn, kafka_settings, redis_url
 from adapter.config import (
     KafkaSettings,
@@ -249,4 +252,66 @@ def test_an_absurd_config_file_is_a_config_error(
     path = tmp_path / "synkafka.toml"
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
-        config_default_map(path, {"consume": None})
+        config_default_map(path, typer.main.get_command(app))
+
+
+def _default_map(tmp_path: Path, text: str) -> dict[str, Any]:
+    path = tmp_path / "synkafka.toml"
+    path.write_text(text)
+    return config_default_map(path, typer.main.get_command(app))
+
+
+def test_config_keys_are_the_option_names_of_help(tmp_path: Path) -> None:
+    defaults = _default_map(
+        tmp_path,
+        'bootstrap-servers = "k:9092"\n'
+        'X = ["linger.ms=5"]\n'
+        "[lag]\njson = true\n"
+        '[consume]\nfrom = "earliest"\nmetrics-port = 9100\ndb = "sqlite:///x.db"\n'
+        '[topics.ensure]\npartitions = 3\nstream = "events"\n'
+        "[presence]\nas_json = true\n",  # the parameter-name spelling still works
+    )
+    assert defaults["lag"]["as_json"] is True
+    assert defaults["consume"] | {"x": None} == {
+        "bootstrap_servers": "k:9092",
+        "x": None,
+        "start_from": "earliest",
+        "metrics_port": 9100,
+        "db": "sqlite:///x.db",
+    }
+    assert defaults["topics"]["ensure"]["partitions"] == 3
+    assert defaults["topics"]["ensure"]["stream"] == ["events"]  # one reads as a list
+    assert defaults["topics"]["describe"]["x"] == ["linger.ms=5"]
+    assert defaults["presence"]["list"]["as_json"] is True
+    # A top-level key reaches only the commands that have the option.
+    assert "bootstrap_servers" not in defaults["schemas"]["check"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[lag]\nas-jsn = true\n", "[lag] unknown key 'as-jsn'"),
+        ('[consume]\nstart-frm = "bogus"\n', "[consume] unknown key 'start-frm'"),
+        ("jsn = true\n", "top level: unknown key 'jsn' (no command has --jsn)"),
+        ("[topics]\nfrom = 1\n", "[topics] unknown key 'from'"),
+        ("[lagg]\njson = true\n", "unknown table [lagg]"),
+        ("[topics.ensur]\npartitions = 1\n", "unknown table [topics.ensur]"),
+        ("[consume.db]\nx = 1\n", "unknown table [consume.db]"),
+        ("[lag]\njson = true\nas_json = false\n", "[lag] 'json' and 'as_json'"),
+        ('[consume]\nmetrics-port = "abc"\n', "[consume] metrics-port: Input should"),
+        ('metrics-port = "abc"\n', "top level: metrics-port: Input should"),
+        ('[lag]\njson = "perhaps"\n', "[lag] json: "),
+        ("[consume]\ndb = [1, 2]\n", "[consume] db: takes one value, not a list"),
+    ],
+)
+def test_an_unknown_key_or_table_or_a_bad_value_names_the_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _default_map(tmp_path, text)
+    line = str(caught.value)
+    assert line.startswith(f"config file {tmp_path / 'synkafka.toml'}: "), line
+    assert message in line, line
+    # The value came from the file: click's wording would blame the environment.
+    assert "env var" not in line
+    assert "\n" not in line

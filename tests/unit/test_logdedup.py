@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from adapter.kafka.client import ClientLog
-from adapter.kafka.logdedup import LogDeduplicator, Verdict, line_kind
+from adapter.logdedup import LogDeduplicator, Verdict, line_kind
 
 REFUSED = (
     "[thrd:127.0.0.1:9092/bootstrap]: 127.0.0.1:9092/bootstrap: Connect to "

@@ -61,7 +61,9 @@ class FakePublisher:
                 callback(None, Delivered(TOPIC, 0, offset))
         return len(pending)
 
-    def flush(self, timeout_s: float = 30.0) -> None:
+    def flush(
+        self, timeout_s: float = 30.0, *, interrupt: threading.Event | None = None
+    ) -> None:
         self.poll()
 
     def snapshot_records(self) -> list[PresenceSnapshot]:
@@ -251,7 +253,9 @@ class FakeProducer:
     def poll(self, timeout_s: float = 0.0) -> int:
         return 0
 
-    def flush(self, timeout_s: float = 30.0) -> None:
+    def flush(
+        self, timeout_s: float = 30.0, *, interrupt: threading.Event | None = None
+    ) -> None:
         return None
 
 

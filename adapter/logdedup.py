@@ -2,7 +2,8 @@
 
 While a broker is down, librdkafka reports the same failure many times a second
 (every reconnect attempt, from every client, through its log and its error
-callback). :class:`LogDeduplicator` decides, line by line, which to let through:
+callback); while Redis is down, the bridge's subscriber fails every few seconds.
+:class:`LogDeduplicator` decides, line by line, which to let through:
 
 * the first line of a kind is shown (the change of state);
 * the same kind again within ``interval_s`` of the last shown one is suppressed and
