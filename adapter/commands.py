@@ -10,14 +10,14 @@ This module owns:
 
 It must not do I/O or know about Avro (``adapter.codec`` does that) or about topics.
 
-Line format (PROTOCOL.md 1.1): ``NAME`` + one space + arguments. The space is always
+Line format (Synapse's replication protocol): ``NAME`` + one space + arguments. The space is always
 written, even with no arguments (``"REPLICATE "``); a line without a space is a name
 with empty arguments. JSON inside a line is Synapse's compact, ASCII-only JSON.
 
 Two places where our model differs from a Synapse line:
 
 * **RDATA rows.** One :class:`RdataCommand` carries *every* row of one token, which is
-  how we publish on Kafka (DESIGN.md: no ``batch`` sentinel). A parsed Synapse line
+  how we publish on Kafka (docs/architecture.md: no ``batch`` sentinel). A parsed Synapse line
   carries exactly one row, and its token is ``None`` for ``batch``. ``to_line()``
   therefore only works for a one-row RDATA; ``to_lines()`` writes Synapse's batch form
   (every row but the last with ``batch``, the last with the token).
@@ -401,7 +401,7 @@ class UserSyncCommand:
     that), so a real device called ``None`` cannot be written to a line.
 
     Avro (``synkafka.command.UserSync``): the same fields, ``device_id`` nullable.
-    PROTOCOL.md 5.6 expects an optional ``presence_state`` later: add it to the schema
+    Synapse may add an optional ``presence_state`` later: add it to the schema
     as ``["null", "string"]`` with default null.
     """
 

@@ -1,6 +1,6 @@
 """Catch-up state of a consumer: one token per (stream, writer), decisions out.
 
-This is the sans-IO core of DESIGN.md's consumer (steps 1 and 4). The runtime feeds it
+This is the sans-IO core of the consumer (docs/architecture.md, steps 1 and 4). The runtime feeds it
 what arrives on Kafka and does what the returned decision says; the tracker never
 reads a database, a clock or a socket.
 
@@ -29,7 +29,7 @@ reads a database, a clock or a socket.
   runtime reads the rows, reports progress with :meth:`PositionTracker.backfilled`,
   and only then observes the next record of that (stream, writer). Observing it
   earlier raises :class:`~adapter.errors.PositionError`: rows would go out of order.
-* **Rule 5: an unknown writer starts at the stream's minimum** (PROTOCOL.md 3.3,
+* **Rule 5: an unknown writer starts at the stream's minimum** (Synapse's catch-up rule,
   matrix-org/synapse#16473), never at 0, which would mean a full table scan. See
   :meth:`PositionTracker.observe_position` and
   :meth:`PositionTracker.observe_rdata` for the cases.
@@ -80,7 +80,7 @@ __all__ = [
 #: A (stream name, writer instance name) pair: the unit of ordering and of state.
 StreamWriter: TypeAlias = tuple[str, str]
 
-#: Synapse streams with no database table behind them (PROTOCOL.md 2.2): their rows
+#: Synapse streams with no database table behind them: their rows
 #: live in the writer's memory, so a consumer cannot backfill them.
 SYNAPSE_IN_MEMORY_STREAMS: Final = frozenset(
     {"typing", "federation", "presence_federation"}
@@ -259,7 +259,7 @@ class PositionTracker:
     def seed(self, stream: str, writer: str, token: int) -> None:
         """Set a writer's token, before anything of it is observed.
 
-        DESIGN.md step 1: tokens come from the committed offset's metadata, or from
+        Step 1 (docs/architecture.md): tokens come from the committed offset's metadata, or from
         the database's positions when there is no commit yet.
 
         Raises:
@@ -394,7 +394,7 @@ class PositionTracker:
           so nothing the writer wrote after ``m`` is missed;
         * on a stream with no known writer, or an in-memory stream, there is nothing
           to start from or to read back: the record is applied and the writer starts
-          at its token. DESIGN.md step 1 seeds every writer the database knows, so
+          at its token. Step 1 seeds every writer the database knows, so
           this is a writer that appeared after we started.
 
         Args:
@@ -700,7 +700,7 @@ def join_batches(
     Synapse sends the rows of one token as several RDATA lines, every one but the last
     with the token ``batch`` (``None`` here). Pending rows are buffered per
     (stream, writer), not per stream as Synapse does: two writers of one stream may
-    interleave their batches (PROTOCOL.md 1.3). A POSITION for a (stream, writer)
+    interleave their batches (Synapse sends a token's rows as several lines). A POSITION for a (stream, writer)
     drops that writer's pending rows, as Synapse does, because the POSITION's
     catch-up reads them again; the POSITION itself is passed through in order.
     Rows still pending when the input ends are dropped for the same reason.

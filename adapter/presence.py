@@ -4,14 +4,14 @@ Two sides, both pure (time comes in as ``now_ms``; nothing here publishes or rea
 
 * :class:`SyncTracker` runs in every process that serves ``/sync``. It counts in-flight
   syncs per (user, device) and says when the process's *whole* syncing set must be
-  published to the compacted presence topic (DESIGN.md, "Presence").
+  published to the compacted presence topic (docs/presence.md).
 * :class:`PresenceView` runs in the presence writer. It folds that topic, keyed by
   instance ID, into "which users are syncing anywhere, since when".
 
 Rules:
 
 * **Rule 1: a sync starts at 0 -> 1 in-flight requests and stops at 1 -> 0**
-  (PROTOCOL.md 5.2), counted per (user, device) in one process.
+  (as Synapse counts them), counted per (user, device) in one process.
 * **Rule 2: a stop is delayed.** A device that stops stays in the set for
   ``stop_delay_ms`` (Synapse's 10 s); if it starts again within that time nothing
   changes and nothing is published. Synapse checks every 10 s, so its delay is

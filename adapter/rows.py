@@ -22,7 +22,7 @@ the hot path) and keeps key order and number spelling lossless. Call the
 Synapse ports: ``synapse/replication/tcp/streams/_base.py``, ``events.py``,
 ``federation.py`` and ``partial_state.py`` (rules rewritten, not copied). The
 ``profile_updates`` row follows Synapse 1.163.2 (``ProfileUpdatesStreamRow``:
-``user_id``, ``action``, ``affected_fields``), which PROTOCOL.md does not list.
+``user_id``, ``action``, ``affected_fields``), which older Synapse versions did not send.
 """
 
 from __future__ import annotations
@@ -639,7 +639,7 @@ def _read_int(value: JsonValue, where: str) -> int:
 
 
 def _read_bool(value: JsonValue, where: str) -> bool:
-    # PostgreSQL rows carry true/false, SQLite rows 0/1 (SYNAPSE-PEER.md pitfall 6).
+    # PostgreSQL rows carry true/false, SQLite rows 0/1 (a difference seen against a real Synapse).
     if type(value) is bool:
         return value
     if type(value) is int and value in (0, 1):

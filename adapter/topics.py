@@ -16,7 +16,7 @@ Rules this module owns:
   look like; :func:`diff_topic` compares that with what a broker reports. Neither
   talks to a broker: ``adapter.kafka`` does the I/O.
 
-The layout (DESIGN.md, "Topics"), with ``<prefix>`` defaulting to
+The layout (docs/architecture.md, "Parts and topics"), with ``<prefix>`` defaulting to
 ``synapse.<server_name>``:
 
 ==============================  ======================  =========================
@@ -82,7 +82,7 @@ MAX_TOPIC_NAME_LENGTH = 249
 _DAY_MS = 24 * 60 * 60 * 1000
 
 #: Stream topics keep RDATA/POSITION a week: enough for a consumer to replay from
-#: Kafka after a long outage; older rows come from the database (DESIGN.md, step 3).
+#: Kafka after a long outage; older rows come from the database (docs/architecture.md, the consumer's step 3).
 DEFAULT_STREAM_RETENTION_MS = 7 * _DAY_MS
 #: USER_IP carries access tokens: keep it as short as the client-IP writer needs.
 DEFAULT_USER_IP_RETENTION_MS = 1 * _DAY_MS

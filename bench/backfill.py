@@ -12,7 +12,7 @@ spread over 500 rooms, then reads them all back, ``--repeat`` times each, interl
   rows are counted, nothing else;
 * **one query** (reference): the same SQL once for the whole range, one ``fetchall()``.
 
-Target (DESIGN.md): ours >= 0.8 of the floor's rows/s.
+Target (docs/benchmarks.md): ours >= 0.8 of the floor's rows/s.
 
 Usage::
 

@@ -15,7 +15,7 @@ interleaved:
   instead of bare fastavro, to separate the codec's cost from the runtime's.
 * **bare, no decode** (reference): the same loop without decoding.
 
-Target (DESIGN.md, Targets): ours >= 0.8 of the floor's rows/s.
+Target (docs/benchmarks.md): ours >= 0.8 of the floor's rows/s.
 
 Usage::
 

@@ -9,7 +9,7 @@ begins) whose handler records ``monotonic_ns() - stamp`` per row. The first seco
 is warm-up and left out, as are 200 records the child publishes and flushes before
 the steady load starts (connections, producer ID). ``--repeat`` runs, each on fresh topics.
 
-Target (DESIGN.md): p99 under 25 ms at 5,000 rows/s.
+Target (docs/benchmarks.md): p99 under 25 ms at 5,000 rows/s.
 
 Usage::
 

@@ -16,7 +16,7 @@ also sampled every 0.5 s to show whether it stays flat. Two backlogs (``--mode``
   consumer's group is given a commit at the head with no token map, so it backfills
   every row from the database (``--db``) before going live.
 
-Target (DESIGN.md): under 250 MB.
+Target (docs/benchmarks.md): under 250 MB.
 
 Usage::
 

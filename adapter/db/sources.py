@@ -2,7 +2,7 @@
 
 A consumer whose POSITION for ``(stream, writer)`` is behind fills the gap here instead
 of replaying Kafka. Every source answers the question Synapse's stream update functions
-answer (PROTOCOL.md 2.1): *the rows of this writer with* ``from_token < token <=
+answer, as Synapse's own catch-up does: *the rows of this writer with* ``from_token < token <=
 to_token``, *in pages*. The rows come back in Synapse's WIRE form: the JSON-compatible
 list that Synapse puts in an RDATA line.
 
@@ -23,7 +23,7 @@ Rules every source here keeps (and a user source must keep):
 3. **One cut for merged sources.** A stream read from several queries (events,
    backfill, pushers, device_lists, account_data) cuts every query at the smallest
    ``upto`` among the limited ones, so no query's rows are skipped (this also fixes
-   the pushers case of PROTOCOL.md 2.3).
+   the pushers case).
 
 Decisions that differ from Synapse, on purpose:
 
@@ -554,7 +554,7 @@ class SqlStreamSource:
         return cut, upto
 
     def read_positions(self, conn: DbConnection) -> dict[str, int]:
-        """Return each writer's persisted position (PROTOCOL.md 2.4)."""
+        """Return each writer's persisted position (Synapse's stream_positions, else the tables' maxima)."""
         if self.id_generator is None:
             return {}
         return read_id_positions(conn, self.id_generator)
@@ -1228,7 +1228,7 @@ class ToDeviceSource:
         )
 
     def read_positions(self, conn: DbConnection) -> dict[str, int]:
-        """Return each writer's persisted position (PROTOCOL.md 2.4)."""
+        """Return each writer's persisted position (Synapse's stream_positions, else the tables' maxima)."""
         return read_id_positions(conn, self.id_generator)
 
 

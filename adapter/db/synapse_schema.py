@@ -14,8 +14,8 @@ Two things here are ours, not Synapse's:
   per PostgreSQL sequence name there. Sources never read it.
 
 :data:`ID_GENERATORS` records, per wire stream, the ``stream_positions`` name and the
-PostgreSQL sequence (PROTOCOL.md 2.2), and which tables and columns hold its stream ids
-(used for the positions fallback of PROTOCOL.md 2.4).
+PostgreSQL sequence, and which tables and columns hold its stream ids
+(used for the positions fallback of db/sources.py).
 """
 
 from __future__ import annotations

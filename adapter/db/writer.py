@@ -6,7 +6,7 @@ would, so the stream sources can read them back and a publisher can send exactly
 Synapse would send. For each stream it:
 
 * allocates tokens from the stream's shared counter (the PostgreSQL sequence of
-  PROTOCOL.md 2.2; on SQLite a row of ``synkafka_sim_sequences``), so several writers
+  Synapse's sequences; on SQLite a row of ``synkafka_sim_sequences``), so several writers
   on one database interleave like Synapse's multi-writer id generators;
 * writes the rows with its ``instance_name`` in one transaction;
 * moves its own ``stream_positions`` row forward (backfill: stores the negative id).

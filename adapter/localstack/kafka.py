@@ -4,7 +4,7 @@ There is no Kafka package in Debian or PyPI and no Docker here, so :func:`fetch_
 collects the broker's jars with the machine's Maven into the user's cache folder once,
 and :class:`KafkaBroker` runs ``kafka.Kafka`` from them with ``java``. Everything
 binds to 127.0.0.1 on ports picked at construction, which stay the same across
-restarts. The recipe and the reasons behind each setting are in KAFKA-LOCAL.md.
+restarts. The reasons behind each setting are next to it in the code.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _check_libs(libs: Path, version: str) -> None:
-    """Reject a jar set that cannot run the broker (see KAFKA-LOCAL.md section 2)."""
+    """Reject a jar set that cannot run the broker (the distribution's libs/ has exactly one SLF4J binding and one lz4)."""
     names = sorted(p.name for p in libs.glob("*.jar"))
     problems = []
     if f"kafka_2.13-{version}.jar" not in names:

@@ -1,7 +1,7 @@
 """Follows a Synapse homeserver's Redis replication channels.
 
 Synapse publishes every replication command as one line on the channel
-``<server_name>`` and USER_IP alone on ``<server_name>/USER_IP`` (PROTOCOL.md 4). This
+``<server_name>`` and USER_IP alone on ``<server_name>/USER_IP`` (Synapse's Redis transport). This
 subscribes to exactly those two (a pattern would also match other homeservers whose
 names share the prefix), yields each line with the time it arrived, and after every
 (re)connect publishes ``REPLICATE`` so every Synapse instance re-announces its

@@ -1,6 +1,6 @@
 """The replication consumer: committed offset as POSITION, database backfill, then live.
 
-The algorithm (DESIGN.md, "Consumer"), step by step:
+The algorithm (docs/architecture.md, "The consumer in short"), step by step:
 
 1. **Start.** Read the group's committed offsets; the commit metadata of each partition
    holds the stream's token map, so the committed offset *is* the POSITION.

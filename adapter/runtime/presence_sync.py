@@ -14,7 +14,7 @@ there). It owns the threading, the clock and the producer:
   its delivery report** before returning. The CLI turns SIGTERM and SIGINT into a
   normal return from its main loop, and ``register_atexit`` covers a normal
   interpreter exit, so a stopped process never leaves its users syncing until the
-  expiry (a real Synapse worker does: SYNAPSE-PEER.md pitfall 7). A process killed
+  expiry (a real Synapse worker does: docs/presence.md). A process killed
   with SIGKILL cannot clear; the presence writer's expiry covers that.
 
 Ordering: snapshots and the clear are produced under one lock, on one key, by one

@@ -1,6 +1,6 @@
 """``Publisher``: replication commands onto their Kafka topics.
 
-Routing (DESIGN.md, "Topics"):
+Routing (docs/architecture.md, "Parts and topics"):
 
 * RDATA and POSITION go to ``<prefix>.stream.<stream>`` keyed by the writer, so every
   record of one (stream, writer) lands in one partition, in order. An RDATA record

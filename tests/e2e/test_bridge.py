@@ -9,7 +9,7 @@
   - **presence**: the worker's USER_SYNC shows in a
     :class:`~adapter.runtime.presence_view.PresenceFollower`'s view; a
     ``CLEAR_USER_SYNC <instance_id>`` published into Redis (a real worker loses its
-    own on shutdown, SYNAPSE-PEER.md pitfall 7) clears the instance;
+    own on shutdown, docs/presence.md) clears the instance;
   - **consumers**: a replication consumer that committed before the scenario and is
     started again after it, with ``--db`` pointing at Synapse's database, backfills and
     reaches the same ``events`` state as one that followed live.

@@ -32,7 +32,7 @@ from adapter.localstack.synapse import (
 from tests.e2e.capture import CapturedLine, RedisCapture, count_kinds, format_line
 from tests.e2e.scenario import ScenarioReport, run_scenario
 
-# Streams the main process announces at every connect (SYNAPSE-PEER.md section 6).
+# Streams the main process announces at every connect (seen against a real Synapse).
 _ANNOUNCED = {
     "events",
     "backfill",

@@ -1,4 +1,4 @@
-"""A second, locked-down Kafka broker for the security tests (KAFKA-LOCAL.md section 9).
+"""A second, locked-down Kafka broker for the security tests (SASL and ACLs, as docs/security.md describes).
 
 The session's ordinary broker stays PLAINTEXT; this one adds two client listeners:
 
