@@ -44,7 +44,7 @@ Pure: time comes in as ``now_ms``; the caller publishes what the methods return.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -247,7 +247,3 @@ class BridgedPresence:
     def _disown(self, instance_id: str) -> None:
         for user in [u for u, owner in self._owner.items() if owner == instance_id]:
             del self._owner[user]
-
-    def users(self) -> Iterable[str]:
-        """Every user some instance lists."""
-        return {user for i in self._instances.values() for user, _ in i.devices}

@@ -48,7 +48,6 @@ class DatabaseProbe:
         self._thread = threading.Thread(
             target=self._run, name="synkafka-db-probe", daemon=True
         )
-        self.checks = 0
 
     def start(self) -> None:
         """Start checking (the first check at once)."""
@@ -61,7 +60,6 @@ class DatabaseProbe:
 
     def check_once(self) -> bool:
         """One check: ``True`` if the database answered."""
-        self.checks += 1
         try:
             with connect(self._dsn, connect_timeout_s=_CONNECT_TIMEOUT_S) as conn:
                 conn.fetchone("SELECT 1")

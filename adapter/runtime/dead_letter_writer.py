@@ -89,8 +89,6 @@ class DeadLetterWriter:
         self._limit = dead_letters.value_limit(kafka.to_librdkafka())
         self._producer: Producer | None = None
         self._lock = threading.Lock()
-        self.written = 0
-        self.references = 0
 
     def write(
         self,
@@ -129,9 +127,10 @@ class DeadLetterWriter:
             value, all_headers, source=location, reason=reason, limit=self._limit
         )
         with self._lock:
-            self._write_acknowledged(letter, key, value, all_headers, location, reason)
-            self.written += 1
-            self.references += letter.reference
+            # The broker may have refused the whole value: then a reference went.
+            letter = self._write_acknowledged(
+                letter, key, value, all_headers, location, reason
+            )
         if letter.reference:
             logger.warning(
                 "%s: %d bytes are over the dead-letter limit; wrote a reference "
@@ -150,7 +149,7 @@ class DeadLetterWriter:
         headers: list[tuple[str, bytes]],
         location: Mapping[str, str | int],
         reason: str,
-    ) -> None:
+    ) -> dead_letters.DeadLetter:
         backoff_attempts = 0
         while True:
             producer = self._client()
@@ -198,7 +197,7 @@ class DeadLetterWriter:
                     threading.Event().wait(delay)
             else:
                 self._backoff.reset()
-                return
+                return letter
 
     def _client(self) -> Producer:
         if self._producer is None:
