@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml dev/bootstrap-system
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(VENV)/uv-requirements.txt
 	$(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
-	$(BIN)/python -m adapter.localstack fetch-kafka
+	$(BIN)/python -m adapter.devstack.services fetch-kafka
 	touch $(STAMP)
 
 ## Re-resolve requirements.lock after editing pyproject.toml (keeps every pin that fits).

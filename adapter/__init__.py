@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from adapter.codec import decode, encode
-from adapter.commands import Command, parse_line, to_lines
-from adapter.errors import (
+from adapter.codec.avro_codec import decode, encode
+from adapter.core.commands import Command, parse_line, to_lines
+from adapter.core.errors import (
     AdapterError,
     ConfigError,
     DecodeError,

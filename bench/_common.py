@@ -1,6 +1,6 @@
 """Shared pieces of the runtime benchmarks: services, data, handlers, statistics.
 
-Every benchmark starts its own services from :mod:`adapter.localstack` (Kafka, and
+Every benchmark starts its own services from :mod:`adapter.devstack.services` (Kafka, and
 PostgreSQL where needed) unless ``--bootstrap`` / ``--dsn`` points at running ones,
 builds realistic replication rows, and compares synkafka with a bare baseline measured
 in the same process run, runs interleaved (ours, baseline, ours, baseline, ...) so a
@@ -21,20 +21,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from adapter import topics
-from adapter.commands import RdataCommand
-from adapter.config import KafkaSettings
-from adapter.kafka.admin import Admin
-from adapter.kafka.producer import Producer
-from adapter.localstack import KafkaBroker, PostgresCluster
-from adapter.ports import StreamUpdate
-from adapter.rows import (
+from adapter.core import topics
+from adapter.core.commands import RdataCommand
+from adapter.core.config import KafkaSettings
+from adapter.core.ports import StreamUpdate
+from adapter.core.rows import (
     EventsCurrentStateRow,
     EventsEventRow,
     PresenceRow,
     ReceiptsRow,
     Row,
 )
+from adapter.devstack.services import KafkaBroker, PostgresCluster
+from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.producer import Producer
 from adapter.runtime.publisher import Publisher
 
 STREAMS = ("events", "receipts", "presence")

@@ -1,13 +1,13 @@
 """Backfill: DatabaseReader.read against a bare psycopg read of the same rows.
 
 Writes ``--rows`` events with ``SynapseWriter.bulk_events`` (COPY) into a fresh
-PostgreSQL database (a private cluster from ``adapter.localstack`` unless ``--dsn``),
+PostgreSQL database (a private cluster from ``adapter.devstack.services`` unless ``--dsn``),
 spread over 500 rooms, then reads them all back, ``--repeat`` times each, interleaved:
 
 * **ours**: ``DatabaseReader.read("events", writer, 0, last)``: what a consumer's
   stream worker iterates, ``(token, typed rows)`` per token, every row touched;
 * **floor**: psycopg 3 with a plain cursor running the *same SQL* as the events
-  source's main query (``adapter.db.sources`` ``_NEW_EVENTS``, same page size, same
+  source's main query (``adapter.io.db.sources`` ``_NEW_EVENTS``, same page size, same
   bounds), ``fetchall()`` per page, the next page from the page's highest token;
   rows are counted, nothing else;
 * **one query** (reference): the same SQL once for the whole range, one ``fetchall()``.
@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
-from adapter.db.connection import connect
-from adapter.db.sources import _NEW_EVENTS, DEFAULT_PAGE_SIZE
-from adapter.db.synapse_schema import create_synapse_tables
-from adapter.db.writer import SynapseWriter
+from adapter.devstack.writer import SynapseWriter
+from adapter.io.db.connection import connect
+from adapter.io.db.sources import _NEW_EVENTS, DEFAULT_PAGE_SIZE
+from adapter.io.db.synapse_schema import create_synapse_tables
 from adapter.runtime.backfill import DatabaseReader
 from bench._common import (
     fresh_heap,

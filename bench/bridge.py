@@ -39,12 +39,12 @@ from typing import Any
 
 import redis
 
-from adapter.config import KafkaSettings
-from adapter.kafka.producer import Producer
-from adapter.localstack import KafkaBroker, RedisServer
-from adapter.metrics import CollectorRegistry, Metrics
-from adapter.redis_io import ReplicationSubscriber
-from adapter.rows import STREAM_NAMES
+from adapter.core.config import KafkaSettings
+from adapter.core.rows import STREAM_NAMES
+from adapter.devstack.services import KafkaBroker, RedisServer
+from adapter.io.kafka.producer import Producer
+from adapter.io.metrics import CollectorRegistry, Metrics
+from adapter.io.redis import ReplicationSubscriber
 from adapter.runtime.bridge import Bridge
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from tests.integration.harness import ensure_topics

@@ -37,16 +37,16 @@ import fastavro
 from fastavro import schemaless_reader, schemaless_writer
 
 from adapter import decode, encode
-from adapter.codec import default_codec, row_name
-from adapter.commands import RdataCommand
-from adapter.rows import (
+from adapter.codec.avro_codec import default_codec, row_name
+from adapter.codec.schemas import expand
+from adapter.core.commands import RdataCommand
+from adapter.core.rows import (
     EventsCurrentStateRow,
     EventsEventRow,
     PresenceRow,
     ReceiptsRow,
     Row,
 )
-from adapter.schemas import expand
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 

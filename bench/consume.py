@@ -11,7 +11,7 @@ interleaved:
 * **floor**: a bare confluent-kafka consumer, same librdkafka settings, polling
   ``consume(1000)`` and decoding each record with bare fastavro ``schemaless_reader``
   (the 10-byte single-object header skipped), nothing else.
-* **bare + synkafka decode** (reference): the floor's loop with ``adapter.codec.decode``
+* **bare + synkafka decode** (reference): the floor's loop with ``adapter.codec.avro_codec.decode``
   instead of bare fastavro, to separate the codec's cost from the runtime's.
 * **bare, no decode** (reference): the same loop without decoding.
 
@@ -37,11 +37,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from fastavro import schemaless_reader
 from prometheus_client import CollectorRegistry
 
-from adapter import topics
-from adapter.codec import decode, default_codec
-from adapter.config import KafkaSettings
-from adapter.kafka.consumer import DEFAULT_CONSUMER_CONFIG
-from adapter.metrics import Metrics
+from adapter.codec.avro_codec import decode, default_codec
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG
+from adapter.io.metrics import Metrics
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
 from bench._common import (
     STREAMS,

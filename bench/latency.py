@@ -29,11 +29,11 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
-from adapter.config import KafkaSettings
-from adapter.kafka.producer import Producer
-from adapter.metrics import Metrics
-from adapter.ports import StreamUpdate
-from adapter.rows import EventsEventRow
+from adapter.core.config import KafkaSettings
+from adapter.core.ports import StreamUpdate
+from adapter.core.rows import EventsEventRow
+from adapter.io.kafka.producer import Producer
+from adapter.io.metrics import Metrics
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
 from adapter.runtime.publisher import Publisher
 from bench._common import STREAMS, ensure_topics, header, kafka, new_prefix, spread

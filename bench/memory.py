@@ -34,11 +34,11 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from adapter import topics
-from adapter.config import KafkaSettings
-from adapter.errors import ConsumeError
-from adapter.kafka.consumer import Committed, Consumer
-from adapter.positions import encode_commit_metadata
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import ConsumeError
+from adapter.core.positions import encode_commit_metadata
+from adapter.io.kafka.consumer import Committed, Consumer
 from bench._common import (
     STREAMS,
     build_commands,

@@ -26,14 +26,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from adapter import topics
-from adapter.codec import decode, encode
-from adapter.config import KafkaSettings
-from adapter.kafka.admin import Admin
-from adapter.kafka.consumer import BEGINNING, Consumer, PartitionStart
-from adapter.kafka.producer import Producer
-from adapter.localstack import KafkaBroker
-from adapter.records import PresenceSnapshot, SyncingDevice
+from adapter.codec.avro_codec import decode, encode
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
+from adapter.devstack.services import KafkaBroker
+from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.consumer import BEGINNING, Consumer, PartitionStart
+from adapter.io.kafka.producer import Producer
 from adapter.runtime.presence_sync import wall_clock_ms
 from adapter.runtime.presence_view import PresenceFollower
 from adapter.runtime.publisher import Publisher

@@ -31,11 +31,11 @@ from confluent_kafka import KafkaError, Message
 from confluent_kafka import Producer as BareProducer
 from fastavro import schemaless_writer
 
-from adapter import topics
-from adapter.codec import MAGIC, default_codec, row_name
-from adapter.commands import RdataCommand
-from adapter.config import KafkaSettings
-from adapter.kafka.producer import DEFAULT_PRODUCER_CONFIG, Producer
+from adapter.codec.avro_codec import MAGIC, default_codec, row_name
+from adapter.core import topics
+from adapter.core.commands import RdataCommand
+from adapter.core.config import KafkaSettings
+from adapter.io.kafka.producer import DEFAULT_PRODUCER_CONFIG, Producer
 from adapter.runtime.publisher import Publisher
 from bench._common import (
     build_commands,

@@ -44,9 +44,9 @@ from confluent_kafka.admin import (  # noqa: TID251
     ResourceType,
 )
 
-from adapter import topics
 from adapter.cli.common import kafka_settings
-from adapter.errors import AdapterError
+from adapter.core import topics
+from adapter.core.errors import AdapterError
 
 __all__ = ["ROLES", "Acl", "main", "parse_grant", "role_acls", "to_kafka_acls_sh"]
 

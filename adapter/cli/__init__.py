@@ -1,7 +1,7 @@
 """The ``synkafka`` command line.
 
 Each command lives in its own module and registers itself on :data:`app`.
-``main`` turns every :class:`~adapter.errors.AdapterError` into one line on stderr
+``main`` turns every :class:`~adapter.core.errors.AdapterError` into one line on stderr
 and the exit code :mod:`adapter.cli.exit_codes` assigns it (2 for usage and
 configuration errors, 1 for runtime failures); anything else is a bug and keeps its
 traceback (exit code 1).
@@ -25,8 +25,8 @@ from adapter.cli import topics as _topics  # noqa: F401
 from adapter.cli._app import app
 from adapter.cli.common import masked_default_logging
 from adapter.cli.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, exit_code_for
-from adapter.errors import AdapterError
-from adapter.masking import mask_access_tokens
+from adapter.core.errors import AdapterError
+from adapter.core.masking import mask_access_tokens
 
 __all__ = ["app", "main"]
 

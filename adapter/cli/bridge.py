@@ -8,12 +8,6 @@ from typing import Annotated
 
 import typer
 
-from adapter.backoff import Backoff
-from adapter.bridged_presence import (
-    DEFAULT_BRIDGE_HEARTBEAT_MS,
-    DEFAULT_LIVE_WINDOW_MS,
-    DEFAULT_USER_SYNC_WINDOW_MS,
-)
 from adapter.cli._app import app
 from adapter.cli.common import (
     DbPasswordFileOpt,
@@ -29,13 +23,19 @@ from adapter.cli.common import (
     with_kafka_options,
 )
 from adapter.cli.consume import install_stop_signals
-from adapter.config import KafkaSettings
-from adapter.errors import ConfigError, KafkaIOError
-from adapter.kafka.consumer import Consumer
-from adapter.kafka.producer import Producer
-from adapter.metrics import default_metrics
-from adapter.records import PresenceSnapshot
-from adapter.redis_io import ReplicationSubscriber
+from adapter.core.backoff import Backoff
+from adapter.core.bridged_presence import (
+    DEFAULT_BRIDGE_HEARTBEAT_MS,
+    DEFAULT_LIVE_WINDOW_MS,
+    DEFAULT_USER_SYNC_WINDOW_MS,
+)
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import ConfigError, KafkaIOError
+from adapter.core.presence_snapshot import PresenceSnapshot
+from adapter.io.kafka.consumer import Consumer
+from adapter.io.kafka.producer import Producer
+from adapter.io.metrics import default_metrics
+from adapter.io.redis import ReplicationSubscriber
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.bridge import Bridge
 from adapter.runtime.db_probe import DatabaseProbe

@@ -40,19 +40,19 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from adapter.config import (
+from adapter.core.config import (
     DEFAULT_BOOTSTRAP_SERVERS,
     KafkaSettings,
     Secret,
     parse_overrides,
     with_url_password,
 )
-from adapter.db.connection import dsn_with_password, parse_dsn
-from adapter.errors import ConfigError
-from adapter.kafka.admin import Admin
-from adapter.kafka.client import CLIENT_LOGGER, check_client_config
-from adapter.masking import MaskingFormatter
-from adapter.topics import default_prefix
+from adapter.core.errors import ConfigError
+from adapter.core.masking import MaskingFormatter
+from adapter.core.topics import default_prefix
+from adapter.io.db.connection import dsn_with_password, parse_dsn
+from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.client import CLIENT_LOGGER, check_client_config
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -699,7 +699,7 @@ def with_kafka_options(func: Callable[..., _R]) -> Callable[..., _R]:
     wrapper shows Typer the options (flags, ``SYNKAFKA_*`` variables, TOML keys) and
     builds the settings from them, so every command spells them the same way. The
     settings are checked by librdkafka itself before the command runs
-    (:func:`~adapter.kafka.client.check_client_config`), so a bad ``-X`` or bootstrap
+    (:func:`~adapter.io.kafka.client.check_client_config`), so a bad ``-X`` or bootstrap
     list is refused at once, the same way by every command. librdkafka's log is
     quiet unless the command calls :func:`setup_logging` (see
     :func:`quiet_client_log`).

@@ -24,11 +24,11 @@ from adapter.cli.common import (
     setup_logging,
     with_kafka_options,
 )
-from adapter.config import KafkaSettings
-from adapter.errors import ConfigError
-from adapter.metrics import default_metrics
-from adapter.ports import Handler
-from adapter.rows import STREAM_NAMES
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import ConfigError
+from adapter.core.ports import Handler
+from adapter.core.rows import STREAM_NAMES
+from adapter.io.metrics import default_metrics
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer, StartFrom
 from adapter.runtime.db_probe import DatabaseProbe

@@ -1,6 +1,6 @@
 """``synkafka demo``: the whole product on local defaults, in one command.
 
-This module only declares the command and its options; :mod:`adapter.cli.demo_run`
+This module only declares the command and its options; :mod:`adapter.devstack.demo_run`
 does the work and is imported when the demo runs, so the local stack, the scenarios
 and the writer simulator never load for any other command.
 """
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from adapter.cli._app import app
-from adapter.runtime.demo_sizes import (
+from adapter.cli.demo_sizes import (
     DEFAULT_DURATION_S,
     DEFAULT_ROWS,
     QUICK_DURATION_S,
@@ -109,19 +109,21 @@ def demo(
     lost rows and lag must be zero.
     """
     # The dev stack loads only here, when the demo runs.
-    from adapter.cli import demo_run
+    from adapter.devstack import demo_run
 
     if with_synapse:
-        demo_run.run_with_synapse(
+        code = demo_run.run_with_synapse(
             postgres=postgres, quick=quick, messages=rows, run_dir=run_dir, live=live
         )
-        return
-    demo_run.run_simulated(
-        postgres=postgres,
-        quick=quick,
-        rows=rows,
-        duration=duration,
-        presence_expiry=presence_expiry,
-        run_dir=run_dir,
-        live=live,
-    )
+    else:
+        code = demo_run.run_simulated(
+            postgres=postgres,
+            quick=quick,
+            rows=rows,
+            duration=duration,
+            presence_expiry=presence_expiry,
+            run_dir=run_dir,
+            live=live,
+        )
+    if code:
+        raise typer.Exit(code=code)

@@ -22,7 +22,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from adapter.errors import AdapterError, ConfigError, SchemaError, UnknownStreamError
+from adapter.core.errors import (
+    AdapterError,
+    ConfigError,
+    SchemaError,
+    UnknownStreamError,
+)
 
 __all__ = [
     "EXIT_CONFIG",

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
     DEFAULT_TIMEOUT_S,
@@ -18,9 +17,10 @@ from adapter.cli.common import (
     resolve_prefix,
     with_kafka_options,
 )
-from adapter.config import KafkaSettings
-from adapter.kafka.consumer import Consumer
-from adapter.rows import STREAM_NAMES
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.core.rows import STREAM_NAMES
+from adapter.io.kafka.consumer import Consumer
 from adapter.runtime.lag import LagRow, measure_lag
 
 __all__ = ["format_table", "lag"]

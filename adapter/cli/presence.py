@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
     DEFAULT_TIMEOUT_S,
@@ -26,12 +25,10 @@ from adapter.cli.common import (
     with_kafka_options,
 )
 from adapter.cli.consume import install_stop_signals
-from adapter.config import KafkaSettings
-from adapter.errors import ConfigError
-from adapter.kafka.consumer import Consumer
-from adapter.kafka.producer import Producer
-from adapter.metrics import default_metrics
-from adapter.presence import (
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import ConfigError
+from adapter.core.presence import (
     DEFAULT_DEBOUNCE_MS,
     DEFAULT_EXPIRY_MS,
     DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -39,6 +36,9 @@ from adapter.presence import (
     InstanceSummary,
     PresenceView,
 )
+from adapter.io.kafka.consumer import Consumer
+from adapter.io.kafka.producer import Producer
+from adapter.io.metrics import default_metrics
 from adapter.runtime.presence_sync import PresenceSync, new_instance_id
 from adapter.runtime.presence_view import PresenceFollower
 from adapter.runtime.publisher import Publisher

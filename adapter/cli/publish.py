@@ -20,7 +20,6 @@ from typing import Annotated, Any
 
 import typer
 
-from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
     DEFAULT_TIMEOUT_S,
@@ -31,20 +30,21 @@ from adapter.cli.common import (
     resolve_prefix,
     with_kafka_options,
 )
-from adapter.codec import decode, encode
-from adapter.commands import Command, PositionCommand, RdataCommand, parse_line
-from adapter.config import KafkaSettings
-from adapter.errors import (
+from adapter.codec.avro_codec import decode, encode
+from adapter.core import topics
+from adapter.core.commands import Command, PositionCommand, RdataCommand, parse_line
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import (
     ConfigError,
     DecodeError,
     DeliveryError,
     EncodeError,
     KafkaIOError,
 )
-from adapter.kafka.consumer import BEGINNING, END, Consumer, PartitionStart
-from adapter.kafka.producer import Delivered, DeliveryCallback, Producer
-from adapter.records import PresenceSnapshot
-from adapter.rows import STREAM_NAMES, row_from_wire, row_to_wire
+from adapter.core.presence_snapshot import PresenceSnapshot
+from adapter.core.rows import STREAM_NAMES, row_from_wire, row_to_wire
+from adapter.io.kafka.consumer import BEGINNING, END, Consumer, PartitionStart
+from adapter.io.kafka.producer import Delivered, DeliveryCallback, Producer
 from adapter.runtime.publisher import Publisher
 
 __all__ = [

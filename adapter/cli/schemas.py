@@ -1,6 +1,6 @@
 """``synkafka schemas list | export DIR | check``: inspect and guard the Avro schemas.
 
-A thin shell over :mod:`adapter.schemas` and :mod:`adapter.codec`: it loads the schema
+A thin shell over :mod:`adapter.codec.schemas` and :mod:`adapter.codec.avro_codec`: it loads the schema
 set, prints, writes files, and turns problems into exit code 2.
 """
 
@@ -16,9 +16,8 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.utils import generate_many
 
 from adapter.cli._app import app
-from adapter.codec import Codec
-from adapter.errors import SchemaError
-from adapter.schemas import (
+from adapter.codec.avro_codec import Codec
+from adapter.codec.schemas import (
     HISTORY_DIR_NAME,
     ROOT_NAMES,
     SCHEMA_DIR_ENV,
@@ -29,6 +28,7 @@ from adapter.schemas import (
     load_schema_set,
     schema_dir,
 )
+from adapter.core.errors import SchemaError
 
 __all__ = ["check", "export", "list_schemas", "schemas_app"]
 

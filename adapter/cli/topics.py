@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from adapter import topics
 from adapter.cli._app import app
 from adapter.cli.common import (
     DEFAULT_TIMEOUT_S,
@@ -18,8 +17,9 @@ from adapter.cli.common import (
     resolve_prefix,
     with_kafka_options,
 )
-from adapter.config import KafkaSettings
-from adapter.rows import STREAM_NAMES
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.core.rows import STREAM_NAMES
 
 __all__ = ["topics_app"]
 

@@ -1,7 +1,7 @@
-"""``DatabaseReader``: the consumer's :class:`~adapter.ports.BackfillReader` on Synapse's DB.
+"""``DatabaseReader``: the consumer's :class:`~adapter.core.ports.BackfillReader` on Synapse's DB.
 
-It joins the database sources (:mod:`adapter.db.sources`) to the typed rows of
-:mod:`adapter.rows`, grouping the rows of one token into one update, as a Kafka RDATA
+It joins the database sources (:mod:`adapter.io.db.sources`) to the typed rows of
+:mod:`adapter.core.rows`, grouping the rows of one token into one update, as a Kafka RDATA
 record carries them. Table sources build typed rows themselves (no wire form in
 between); other sources speak Synapse's wire rows, typed here.
 """
@@ -14,8 +14,9 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from adapter.db.connection import DbConnection, connect
-from adapter.db.sources import (
+from adapter.core.errors import BackfillError
+from adapter.io.db.connection import DbConnection, connect
+from adapter.io.db.sources import (
     DEFAULT_PAGE_SIZE,
     SourceRegistry,
     SqlStreamSource,
@@ -25,7 +26,6 @@ from adapter.db.sources import (
     iter_pages,
     typed_row,
 )
-from adapter.errors import BackfillError
 
 __all__ = ["DatabaseReader"]
 
@@ -133,7 +133,7 @@ class DatabaseReader:
     """Reads backfill rows and writer positions over one database connection.
 
     Args:
-        dsn: a DSN :func:`~adapter.db.connection.parse_dsn` accepts (the SQLite
+        dsn: a DSN :func:`~adapter.io.db.connection.parse_dsn` accepts (the SQLite
             file must exist).
         registry: stream sources; the built-in Synapse streams by default.
         page_size: rows per database round trip.

@@ -1,7 +1,7 @@
 """The bridge: a live Synapse's Redis replication, published to Kafka, with gaps repaired.
 
 For every line Synapse publishes on ``<server_name>`` and ``<server_name>/USER_IP``
-(parsed with :func:`adapter.commands.parse_line`):
+(parsed with :func:`adapter.core.commands.parse_line`):
 
 * ``RDATA``: rows of one token are joined per (stream, writer) (Synapse's ``batch``
   lines; keyed by writer too, unlike Synapse, so two writers' batches never mix) and
@@ -9,9 +9,9 @@ For every line Synapse publishes on ``<server_name>`` and ``<server_name>/USER_I
 * ``POSITION``: published on the stream's topic and the positions topic;
 * ``USER_SYNC`` / ``CLEAR_USER_SYNC``: folded into each instance's syncing set, which is
   published whole on the compacted presence topic (a
-  :class:`~adapter.records.PresenceSnapshot`) and republished with a fresh heartbeat
+  :class:`~adapter.core.presence_snapshot.PresenceSnapshot`) and republished with a fresh heartbeat
   while the instance is alive by the rules of
-  :class:`~adapter.bridged_presence.BridgedPresence` (its users' rows on the
+  :class:`~adapter.core.bridged_presence.BridgedPresence` (its users' rows on the
   ``presence`` stream are the sign of life; Synapse sends USER_SYNC only on edges).
   An instance that is gone (cleared, or no sign of life) gets a tombstone; a clear is
   also published as the clear command itself;
@@ -33,7 +33,7 @@ things mean rows were missed:
 * right after a reconnect, an ``RDATA`` more than one token past it.
 
 With a database the bridge reads the missing rows (from Synapse's own tables, through
-:class:`~adapter.ports.BackfillReader`) and publishes them in token order before going
+:class:`~adapter.core.ports.BackfillReader`) and publishes them in token order before going
 on, so the Kafka log holds every token; live RDATA at or below the repaired token is
 then a duplicate and dropped. Without a database it publishes what it has and counts
 the gap (``synkafka_bridge_gaps{outcome="unrepaired"}``); consumers then backfill.
@@ -52,29 +52,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from adapter import topics
-from adapter.bridged_presence import BridgedPresence, Gone, Publish
-from adapter.commands import (
+from adapter.core import topics
+from adapter.core.bridged_presence import BridgedPresence, Gone, Publish
+from adapter.core.commands import (
     ClearUserSyncsCommand,
     PositionCommand,
     RdataCommand,
     UserSyncCommand,
     parse_line,
 )
-from adapter.errors import (
+from adapter.core.errors import (
     AdapterError,
     BackfillError,
     ConfigError,
     DecodeError,
     EncodeError,
 )
-from adapter.kafka.producer import Producer
-from adapter.masking import mask_access_tokens, mask_user_ip_line
-from adapter.metrics import HistogramBatch, Metrics
-from adapter.ports import BackfillReader
-from adapter.records import PresenceSnapshot
-from adapter.redis_io import RedisMessage, ReplicationSubscriber
-from adapter.rows import PresenceRow, Row
+from adapter.core.masking import mask_access_tokens, mask_user_ip_line
+from adapter.core.ports import BackfillReader
+from adapter.core.presence_snapshot import PresenceSnapshot
+from adapter.core.rows import PresenceRow, Row
+from adapter.io.kafka.producer import Producer
+from adapter.io.metrics import HistogramBatch, Metrics
+from adapter.io.redis import RedisMessage, ReplicationSubscriber
 from adapter.runtime.consumer import GC_THRESHOLD
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import DependencyStatus
@@ -139,7 +139,7 @@ class Bridge:
         dead_letters: writes unparseable lines to the dead-letter topic and waits
             for each acknowledgement (a Redis line cannot be read again).
         presence_windows: keyword arguments of
-            :class:`~adapter.bridged_presence.BridgedPresence` (tests shorten them).
+            :class:`~adapter.core.bridged_presence.BridgedPresence` (tests shorten them).
     """
 
     def __init__(

@@ -7,7 +7,7 @@ The algorithm (docs/architecture.md, "The consumer in short"), step by step:
 2. **Pin the head.** Note every partition's high watermark *before* reading the
    database positions: a writer persists a row before it publishes it, so every record
    below the pinned head has a token at or below the positions read afterwards.
-3. **Catch up** as :func:`adapter.catchup.plan_stream_start` decides. ``database``
+3. **Catch up** as :func:`adapter.core.catchup.plan_stream_start` decides. ``database``
    (default): for each writer behind its database position, read the missing rows
    from the database (not by replaying old Kafka records) in the stream's worker, in
    token order, before any live record of that stream. ``kafka``: replay Kafka from
@@ -35,19 +35,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
-from adapter import topics
-from adapter.backoff import Backoff
-from adapter.catchup import (
+from adapter.codec.avro_codec import decode_update
+from adapter.core import topics
+from adapter.core.backoff import Backoff
+from adapter.core.catchup import (
     CatchUp,
     PartitionMark,
     StartFrom,
     StreamStart,
     plan_stream_start,
 )
-from adapter.codec import decode_update
-from adapter.commands import PositionCommand, RdataCommand
-from adapter.config import KafkaSettings
-from adapter.errors import (
+from adapter.core.commands import PositionCommand, RdataCommand
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import (
     AdapterError,
     BackfillError,
     ConfigError,
@@ -56,19 +56,8 @@ from adapter.errors import (
     SinkError,
     exception_summary,
 )
-from adapter.kafka.client import connected_to_a_broker
-from adapter.kafka.consumer import (
-    BEGINNING,
-    Committed,
-    Consumer,
-    Message,
-    PartitionStart,
-    record_of,
-)
-from adapter.kafka.records import KafkaRecord
-from adapter.metrics import Metrics
-from adapter.ports import BackfillReader, Handler, StreamUpdate, make_update
-from adapter.positions import (
+from adapter.core.ports import BackfillReader, Handler, StreamUpdate, make_update
+from adapter.core.positions import (
     Apply,
     Backfill,
     Decision,
@@ -79,6 +68,17 @@ from adapter.positions import (
     decode_commit_metadata,
     encode_commit_metadata,
 )
+from adapter.io.kafka.client import connected_to_a_broker
+from adapter.io.kafka.consumer import (
+    BEGINNING,
+    Committed,
+    Consumer,
+    Message,
+    PartitionStart,
+    record_of,
+)
+from adapter.io.kafka.records import KafkaRecord
+from adapter.io.metrics import Metrics
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import DependencyStatus
 from adapter.runtime.progress import Progress
@@ -134,7 +134,7 @@ class ConsumerOptions:
             ``database`` (default: skip Kafka to the pinned head, read the latest
             state from the database, as Synapse does) or ``kafka`` (replay Kafka from
             the committed offset, read only the tokens Kafka lacks from the
-            database); see :mod:`adapter.catchup`.
+            database); see :mod:`adapter.core.catchup`.
         commit_interval_s: how often finished work is committed.
         poll_batch: records fetched per poll.
         max_batches: per-stream queue bound, in poll batches (backpressure).

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from adapter.db.connection import connect
-from adapter.errors import AdapterError
+from adapter.core.errors import AdapterError
+from adapter.io.db.connection import connect
 from adapter.runtime.health import DependencyStatus
 
 __all__ = ["DEFAULT_PROBE_INTERVAL_S", "DatabaseProbe"]

@@ -4,16 +4,16 @@ The consumer commits past a bad record, and the bridge forgets a bad Redis line,
 after this writer returned: the dead letter is on the broker. So:
 
 * a value too large for the producer or the topic is replaced by a reference record
-  (:mod:`adapter.dead_letters`), also when the broker refuses a value the producer
+  (:mod:`adapter.core.dead_letters`), also when the broker refuses a value the producer
   let through (a topic whose ``max.message.bytes`` is lower);
 * an outage is waited out in place, with backoff, instead of failing the caller: a
   consumer that restarted over a failed dead letter would resume at the pinned head
   and never see the bad record again;
-* reasons are masked (:func:`adapter.masking.mask_access_tokens`) before they go into a
+* reasons are masked (:func:`adapter.core.masking.mask_access_tokens`) before they go into a
   header, a reference or a log line.
 
 It keeps a producer of its own: a failed delivery poisons a producer (it re-raises
-the first failure, see :mod:`adapter.kafka.producer`), and a refused dead letter must
+the first failure, see :mod:`adapter.io.kafka.producer`), and a refused dead letter must
 not stop the records of the main producer.
 """
 
@@ -23,13 +23,13 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 
-from adapter import dead_letters, topics
-from adapter.backoff import Backoff
-from adapter.config import KafkaSettings
-from adapter.errors import DeliveryError, KafkaIOError
-from adapter.kafka.producer import Producer
-from adapter.masking import mask_access_tokens
-from adapter.metrics import Metrics
+from adapter.core import dead_letters, topics
+from adapter.core.backoff import Backoff
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import DeliveryError, KafkaIOError
+from adapter.core.masking import mask_access_tokens
+from adapter.io.kafka.producer import Producer
+from adapter.io.metrics import Metrics
 
 __all__ = ["DeadLetterWriter"]
 

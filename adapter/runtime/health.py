@@ -41,8 +41,8 @@ from types import TracebackType
 from typing import TypeAlias, cast
 from urllib.parse import urlsplit
 
-from adapter.errors import ConfigError
-from adapter.metrics import CollectorRegistry, render_latest
+from adapter.core.errors import ConfigError
+from adapter.io.metrics import CollectorRegistry, render_latest
 
 __all__ = [
     "DEFAULT_HOST",

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from adapter import topics
-from adapter.codec import decode
-from adapter.commands import PositionCommand
-from adapter.errors import DecodeError
-from adapter.kafka.admin import Admin
-from adapter.kafka.consumer import BEGINNING, Consumer, PartitionStart
-from adapter.positions import decode_commit_metadata
+from adapter.codec.avro_codec import decode
+from adapter.core import topics
+from adapter.core.commands import PositionCommand
+from adapter.core.errors import DecodeError
+from adapter.core.positions import decode_commit_metadata
+from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.consumer import BEGINNING, Consumer, PartitionStart
 
 __all__ = ["LagRow", "measure_lag", "read_positions_topic"]
 

@@ -1,6 +1,6 @@
 """``PresenceSync``: one process's syncing set on the compacted presence topic.
 
-This is the shell around :class:`~adapter.presence.SyncTracker` (the rules live
+This is the shell around :class:`~adapter.core.presence.SyncTracker` (the rules live
 there). It owns the threading, the clock and the producer:
 
 * :meth:`PresenceSync.sync_started` / :meth:`PresenceSync.sync_ended` (or the
@@ -10,7 +10,7 @@ there). It owns the threading, the clock and the producer:
   and starts a background thread that publishes the debounced snapshots and the
   heartbeats :meth:`SyncTracker.due` asks for, keyed by the instance ID.
 * :meth:`PresenceSync.close` is the shutdown hook: it stops the thread, publishes the
-  clear (:class:`~adapter.commands.ClearUserSyncsCommand`, same key) and **waits for
+  clear (:class:`~adapter.core.commands.ClearUserSyncsCommand`, same key) and **waits for
   its delivery report** before returning. The CLI turns SIGTERM and SIGINT into a
   normal return from its main loop, and ``register_atexit`` covers a normal
   interpreter exit, so a stopped process never leaves its users syncing until the
@@ -44,18 +44,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final, Protocol
 
-from adapter.commands import ClearUserSyncsCommand, Command
-from adapter.errors import ConfigError, DeliveryError, KafkaIOError
-from adapter.kafka.producer import Delivered, DeliveryCallback
-from adapter.metrics import Metrics
-from adapter.presence import (
+from adapter.core.commands import ClearUserSyncsCommand, Command
+from adapter.core.errors import ConfigError, DeliveryError, KafkaIOError
+from adapter.core.presence import (
     DEFAULT_DEBOUNCE_MS,
     DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_STOP_DELAY_MS,
     PresenceView,
     SyncTracker,
 )
-from adapter.records import PresenceSnapshot
+from adapter.core.presence_snapshot import PresenceSnapshot
+from adapter.io.kafka.producer import Delivered, DeliveryCallback
+from adapter.io.metrics import Metrics
 
 __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT_S",
@@ -133,13 +133,13 @@ class PresenceSync:
             :class:`~adapter.runtime.presence_view.PresenceFollower`) uses it too.
         clock: milliseconds since the epoch.
         metrics: where to count published snapshots and clears.
-        stop_delay_ms: see :class:`~adapter.presence.SyncTracker`.
-        debounce_ms: see :class:`~adapter.presence.SyncTracker`.
-        heartbeat_interval_ms: see :class:`~adapter.presence.SyncTracker`.
+        stop_delay_ms: see :class:`~adapter.core.presence.SyncTracker`.
+        debounce_ms: see :class:`~adapter.core.presence.SyncTracker`.
+        heartbeat_interval_ms: see :class:`~adapter.core.presence.SyncTracker`.
 
     Raises:
         ConfigError: inconsistent settings (a publisher missing, or given to the
-            presence writer; see also :class:`~adapter.presence.SyncTracker`).
+            presence writer; see also :class:`~adapter.core.presence.SyncTracker`).
     """
 
     def __init__(
@@ -304,7 +304,7 @@ class PresenceSync:
         """Clear this instance and wait for the clear's delivery report.
 
         Stops the background thread, tells the tracker to forget every sync,
-        publishes :class:`~adapter.commands.ClearUserSyncsCommand` keyed by the
+        publishes :class:`~adapter.core.commands.ClearUserSyncsCommand` keyed by the
         instance ID and flushes. Calling it again returns the first result.
 
         Args:

@@ -1,12 +1,12 @@
 """``PresenceFollower``: the presence writer's view of the compacted presence topic.
 
-The shell around :class:`~adapter.presence.PresenceView` (the fold lives there). It
+The shell around :class:`~adapter.core.presence.PresenceView` (the fold lives there). It
 follows quix-streams' changelog recovery: note each partition's high watermark, read
 from the beginning up to it (the *replay*; the view is then complete), then keep
 following live. On the way it:
 
-* applies snapshots (:class:`~adapter.records.PresenceSnapshot`), clears
-  (:class:`~adapter.commands.ClearUserSyncsCommand`) and tombstones (a null value);
+* applies snapshots (:class:`~adapter.core.presence_snapshot.PresenceSnapshot`), clears
+  (:class:`~adapter.core.commands.ClearUserSyncsCommand`) and tombstones (a null value);
 * every ``expire_interval_s`` calls :meth:`PresenceView.expire` and, when it owns a
   producer, writes a **tombstone** for each dead instance, so the compacted topic does
   not keep dead instance IDs forever (reading our own tombstone back is a no-op);
@@ -43,22 +43,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from adapter import topics
-from adapter.codec import decode
-from adapter.commands import ClearUserSyncsCommand, UserSyncCommand
-from adapter.errors import ConfigError, DecodeError, DeliveryError
-from adapter.kafka.consumer import BEGINNING, PartitionStart
-from adapter.kafka.producer import Delivered, DeliveryCallback
-from adapter.kafka.records import KafkaRecord
-from adapter.metrics import Metrics
-from adapter.presence import (
+from adapter.codec.avro_codec import decode
+from adapter.core import topics
+from adapter.core.commands import ClearUserSyncsCommand, UserSyncCommand
+from adapter.core.errors import ConfigError, DecodeError, DeliveryError
+from adapter.core.presence import (
     DEFAULT_EXPIRY_MS,
     InstanceSummary,
     PresenceChange,
     PresenceCounts,
     PresenceView,
 )
-from adapter.records import PresenceSnapshot, SyncingDevice
+from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
+from adapter.io.kafka.consumer import BEGINNING, PartitionStart
+from adapter.io.kafka.producer import Delivered, DeliveryCallback
+from adapter.io.kafka.records import KafkaRecord
+from adapter.io.metrics import Metrics
 from adapter.runtime.presence_sync import Clock, wall_clock_ms
 
 __all__ = [
@@ -84,7 +84,7 @@ _POLL_TIMEOUT_S: Final = 0.1
 
 
 class TopicReader(Protocol):
-    """What the follower needs of a consumer (:class:`~adapter.kafka.consumer.Consumer` fits)."""
+    """What the follower needs of a consumer (:class:`~adapter.io.kafka.consumer.Consumer` fits)."""
 
     def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
         """The topic's partition numbers; empty if it does not exist."""
@@ -110,7 +110,7 @@ class TopicReader(Protocol):
 
 
 class TombstoneProducer(Protocol):
-    """What the follower needs to write tombstones (:class:`~adapter.kafka.producer.Producer` fits)."""
+    """What the follower needs to write tombstones (:class:`~adapter.io.kafka.producer.Producer` fits)."""
 
     def produce(
         self,

@@ -23,9 +23,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from adapter import topics
-from adapter.codec import encode
-from adapter.commands import (
+from adapter.codec.avro_codec import encode
+from adapter.core import topics
+from adapter.core.commands import (
     ClearUserSyncsCommand,
     Command,
     PositionCommand,
@@ -33,9 +33,9 @@ from adapter.commands import (
     UserIpCommand,
     UserSyncCommand,
 )
-from adapter.kafka.producer import DeliveryCallback, Producer
-from adapter.metrics import Metrics
-from adapter.records import PresenceSnapshot
+from adapter.core.presence_snapshot import PresenceSnapshot
+from adapter.io.kafka.producer import DeliveryCallback, Producer
+from adapter.io.metrics import Metrics
 
 __all__ = ["Publisher"]
 

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from adapter.errors import ConfigError, SinkError, exception_summary
-from adapter.ports import Handler, StreamUpdate
-from adapter.rows import row_to_wire
+from adapter.core.errors import ConfigError, SinkError, exception_summary
+from adapter.core.ports import Handler, StreamUpdate
+from adapter.core.rows import row_to_wire
 
 __all__ = ["JsonLinesSink", "load_handler", "read_json_lines_tail", "update_to_json"]
 

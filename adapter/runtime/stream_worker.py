@@ -1,6 +1,6 @@
 """One worker thread per stream: runs handlers in order and fills gaps from the database.
 
-The poll loop decides (with :class:`~adapter.positions.PositionTracker`) what to do with
+The poll loop decides (with :class:`~adapter.core.positions.PositionTracker`) what to do with
 each record and hands the work to the stream's worker in batches through a bounded
 queue. The worker:
 
@@ -27,10 +27,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from adapter.backoff import Backoff
-from adapter.errors import AdapterError, BackfillError, SinkError, exception_summary
-from adapter.metrics import HistogramBatch, Metrics
-from adapter.ports import BackfillReader, Handler, StreamUpdate
+from adapter.core.backoff import Backoff
+from adapter.core.errors import (
+    AdapterError,
+    BackfillError,
+    SinkError,
+    exception_summary,
+)
+from adapter.core.ports import BackfillReader, Handler, StreamUpdate
+from adapter.io.metrics import HistogramBatch, Metrics
 
 __all__ = ["BackfillWork", "HandlerPolicy", "StreamWorker", "UpdateWork", "Work"]
 

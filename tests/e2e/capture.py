@@ -24,7 +24,7 @@ from typing import Any, Self
 
 import redis
 
-from adapter.localstack._process import poll_until
+from adapter.devstack.services._process import poll_until
 
 __all__ = [
     "CapturedLine",

@@ -13,10 +13,10 @@ about 3 s):
 * ``redis_capture``: a started :class:`~tests.e2e.capture.RedisCapture` of that
   server's two channels, subscribed before Synapse starts;
 * ``synapse_sqlite`` / ``synapse_pg``: a started
-  :class:`~adapter.localstack.synapse.SynapseHomeserver` with ``worker1``, on SQLite
+  :class:`~adapter.devstack.services.synapse.SynapseHomeserver` with ``worker1``, on SQLite
   or on a fresh C-collation PostgreSQL database;
 * ``synapse_sharded``: a started
-  :class:`~adapter.localstack.synapse_sharded.ShardedSynapse` (main, two event
+  :class:`~adapter.devstack.services.synapse_sharded.ShardedSynapse` (main, two event
   persisters and a ``/sync`` worker) on a fresh PostgreSQL database.
 
 A failing test that used a homeserver gets the tails of its main and worker logs as
@@ -30,10 +30,10 @@ from typing import TypeVar
 
 import pytest
 
-from adapter.errors import ServiceError
-from adapter.localstack import KafkaBroker
-from adapter.localstack.synapse import SynapseHomeserver
-from adapter.localstack.synapse_sharded import WORKERS, ShardedSynapse
+from adapter.core.errors import ServiceError
+from adapter.devstack.services import KafkaBroker
+from adapter.devstack.services.synapse import SynapseHomeserver
+from adapter.devstack.services.synapse_sharded import WORKERS, ShardedSynapse
 from tests.e2e.capture import RedisCapture
 from tests.integration.conftest import (
     _kafka_broker,

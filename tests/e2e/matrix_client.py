@@ -1,5 +1,5 @@
-"""Re-export of :mod:`adapter.localstack.matrix_client` (the demo uses it too)."""
+"""Re-export of :mod:`adapter.devstack.services.matrix_client` (the demo uses it too)."""
 
-from adapter.localstack.matrix_client import MatrixClient, MatrixError, SyncLoop
+from adapter.devstack.services.matrix_client import MatrixClient, MatrixError, SyncLoop
 
 __all__ = ["MatrixClient", "MatrixError", "SyncLoop"]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import redis
 
-from adapter.localstack import PostgresCluster, RedisServer
-from adapter.localstack.synapse import SynapseHomeserver
+from adapter.devstack.services import PostgresCluster, RedisServer
+from adapter.devstack.services.synapse import SynapseHomeserver
 from tests.e2e.capture import RedisCapture, count_kinds, format_line
 from tests.e2e.scenario import run_scenario
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from adapter.localstack.synapse import MAIN_INSTANCE_NAME, SynapseHomeserver
+from adapter.devstack.services.synapse import MAIN_INSTANCE_NAME, SynapseHomeserver
 from tests.e2e.capture import CapturedLine, RedisCapture
 from tests.e2e.matrix_client import MatrixClient, SyncLoop
 

@@ -29,15 +29,15 @@ from typing import Any
 import pytest
 import redis
 
-from adapter import topics
-from adapter.codec import decode
-from adapter.commands import PositionCommand
-from adapter.config import KafkaSettings
-from adapter.kafka.consumer import Consumer
-from adapter.localstack import RedisServer
-from adapter.localstack.synapse import MAIN_INSTANCE_NAME, SynapseHomeserver
-from adapter.ports import StreamUpdate
-from adapter.rows import STREAM_NAMES, row_to_wire
+from adapter.codec.avro_codec import decode
+from adapter.core import topics
+from adapter.core.commands import PositionCommand
+from adapter.core.config import KafkaSettings
+from adapter.core.ports import StreamUpdate
+from adapter.core.rows import STREAM_NAMES, row_to_wire
+from adapter.devstack.services import RedisServer
+from adapter.devstack.services.synapse import MAIN_INSTANCE_NAME, SynapseHomeserver
+from adapter.io.kafka.consumer import Consumer
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.presence_view import PresenceFollower
 from tests.e2e.capture import RedisCapture

@@ -2,7 +2,7 @@
 
 The deployment is the one big homeservers run: ``main``, two event persisters
 (``persister1``, ``persister2``), a ``/sync`` worker, PostgreSQL and Redis
-(:class:`~adapter.localstack.synapse_sharded.ShardedSynapse`). ``synkafka bridge
+(:class:`~adapter.devstack.services.synapse_sharded.ShardedSynapse`). ``synkafka bridge
 --db`` and two consumers run as the real commands, in child processes: ``consume
 --db --catch-up database -o consumer.jsonl`` (instance ``sharded``) and ``consume
 --db --catch-up kafka -o audit.jsonl`` (instance ``audit``). Four users in twelve
@@ -60,28 +60,28 @@ from typing import Any
 import psycopg
 import pytest
 
-from adapter import topics
-from adapter.codec import decode
-from adapter.commands import RdataCommand
-from adapter.config import KafkaSettings
-from adapter.errors import DecodeError
-from adapter.kafka.consumer import Consumer, PartitionStart
-from adapter.kafka.records import KafkaRecord
-from adapter.localstack import RedisServer
-from adapter.localstack._process import ManagedProcess, free_port, log_tail
-from adapter.localstack.matrix_client import (
+from adapter.codec.avro_codec import decode
+from adapter.core import topics
+from adapter.core.commands import RdataCommand
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import DecodeError
+from adapter.core.presence import PresenceChange
+from adapter.core.rows import STREAM_NAMES, PresenceRow, row_to_wire
+from adapter.devstack.services import RedisServer
+from adapter.devstack.services._process import ManagedProcess, free_port, log_tail
+from adapter.devstack.services.matrix_client import (
     MatrixClient,
     MatrixError,
     RoomsTraffic,
     SyncLoop,
 )
-from adapter.localstack.synapse_sharded import (
+from adapter.devstack.services.synapse_sharded import (
     EVENT_PERSISTERS,
     SYNC_WORKER,
     ShardedSynapse,
 )
-from adapter.presence import PresenceChange
-from adapter.rows import STREAM_NAMES, PresenceRow, row_to_wire
+from adapter.io.kafka.consumer import Consumer, PartitionStart
+from adapter.io.kafka.records import KafkaRecord
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.presence_view import PresenceFollower
 from tests.integration.harness import wait_for

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import redis
 
-from adapter.errors import ServiceError
-from adapter.localstack._process import is_alive, poll_until
-from adapter.localstack.synapse import (
+from adapter.core.errors import ServiceError
+from adapter.devstack.services._process import is_alive, poll_until
+from adapter.devstack.services.synapse import (
     INSTALL_HINT,
     MAIN_INSTANCE_NAME,
     WORKER_NAME,
@@ -214,7 +214,7 @@ def test_missing_synapse_fails_with_the_install_command(tmp_path: Path) -> None:
 
 _CHILD = """
 import sys
-from adapter.localstack.synapse import SynapseHomeserver
+from adapter.devstack.services.synapse import SynapseHomeserver
 hs = SynapseHomeserver(sys.argv[1], server_name=sys.argv[2], with_worker=True)
 hs.start()
 print(hs.pid, hs.worker_pid, flush=True)

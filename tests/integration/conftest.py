@@ -1,6 +1,6 @@
 """Real Kafka, PostgreSQL and Redis for the integration tier.
 
-Each service is started once per session by the harness (see ``adapter.localstack``)
+Each service is started once per session by the harness (see ``adapter.devstack.services``)
 and never skipped: if one cannot start, its fixture fails with the reason and the
 tail of the service's log. ``--kafka-bootstrap`` swaps in an external broker.
 """
@@ -11,10 +11,10 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from adapter.config import KafkaSettings
-from adapter.errors import ServiceError
-from adapter.kafka.producer import Producer
-from adapter.localstack import KafkaBroker, PostgresCluster, RedisServer
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import ServiceError
+from adapter.devstack.services import KafkaBroker, PostgresCluster, RedisServer
+from adapter.io.kafka.producer import Producer
 from adapter.runtime.publisher import Publisher
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapter.ports import StreamUpdate
+from adapter.core.ports import StreamUpdate
 
 #: A made-up access token; no line, header or error may ever show it.
 SECRET_TOKEN = "syt_YWxpY2U_sEcReTsEcReT_1a2b3c"  # noqa: S105

@@ -1,7 +1,7 @@
 """Helpers for driving a real replication consumer against the real services.
 
 A test builds a Synapse-shaped database (PostgreSQL or SQLite), writes rows with
-:class:`~adapter.db.writer.SynapseWriter`, publishes exactly what Synapse would with
+:class:`~adapter.devstack.writer.SynapseWriter`, publishes exactly what Synapse would with
 :class:`~adapter.runtime.publisher.Publisher`, and runs a
 :class:`~adapter.runtime.consumer.ReplicationConsumer` in a thread with a recording
 handler. Waiting is always polling with a deadline.
@@ -27,14 +27,14 @@ from confluent_kafka.admin import (
 )
 from prometheus_client import CollectorRegistry
 
-from adapter import topics
-from adapter.config import KafkaSettings
-from adapter.db.connection import DbConnection, connect
-from adapter.db.synapse_schema import create_synapse_tables
-from adapter.kafka.admin import Admin
-from adapter.metrics import Metrics
-from adapter.ports import StreamUpdate
-from adapter.rows import row_from_wire
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.core.ports import StreamUpdate
+from adapter.core.rows import row_from_wire
+from adapter.io.db.connection import DbConnection, connect
+from adapter.io.db.synapse_schema import create_synapse_tables
+from adapter.io.kafka.admin import Admin
+from adapter.io.metrics import Metrics
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
 from adapter.runtime.publisher import Publisher

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter.config import KafkaSettings, Secret
-from adapter.errors import ServiceError
-from adapter.localstack import KafkaBroker
+from adapter.core.config import KafkaSettings, Secret
+from adapter.core.errors import ServiceError
+from adapter.devstack.services import KafkaBroker
 
 __all__ = [
     "ADMIN",

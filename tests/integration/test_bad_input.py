@@ -22,14 +22,14 @@ import pytest
 import redis
 from confluent_kafka import Producer as RawProducer
 
-from adapter import topics
-from adapter.codec import MAGIC, encode
-from adapter.commands import RdataCommand
-from adapter.config import KafkaSettings
-from adapter.kafka.admin import Admin
-from adapter.localstack import PostgresCluster
-from adapter.localstack._process import free_port
-from adapter.rows import row_from_wire
+from adapter.codec.avro_codec import MAGIC, encode
+from adapter.core import topics
+from adapter.core.commands import RdataCommand
+from adapter.core.config import KafkaSettings
+from adapter.core.rows import row_from_wire
+from adapter.devstack.services import PostgresCluster
+from adapter.devstack.services._process import free_port
+from adapter.io.kafka.admin import Admin
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ConsumerRun,

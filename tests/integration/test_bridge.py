@@ -4,7 +4,7 @@ The lines in ``tests/data/synapse_lines/`` were captured from a real Synapse (ma
 process and ``worker1``) on SQLite and on PostgreSQL; here they are published into
 the session's Redis as Synapse would, and the Kafka topics are checked. Gap repair
 reads from a simulated Synapse database written by
-:class:`~adapter.db.writer.SynapseWriter`.
+:class:`~adapter.devstack.writer.SynapseWriter`.
 
 The helpers at the top (:class:`BridgeRun`, :func:`read_topic`...) are shared with
 ``tests/e2e/test_bridge.py``.
@@ -31,28 +31,28 @@ from typing import Any
 import pytest
 import redis
 
-from adapter import dead_letters, topics
-from adapter.backoff import Backoff
-from adapter.codec import decode
-from adapter.commands import (
+from adapter.codec.avro_codec import decode
+from adapter.core import dead_letters, topics
+from adapter.core.backoff import Backoff
+from adapter.core.commands import (
     ClearUserSyncsCommand,
     PositionCommand,
     RdataCommand,
     UserIpCommand,
 )
-from adapter.config import KafkaSettings
-from adapter.db.connection import connect
-from adapter.db.writer import SynapseWriter
-from adapter.errors import ConsumeError
-from adapter.kafka.consumer import BEGINNING, Consumer, PartitionStart
-from adapter.kafka.producer import Producer
-from adapter.kafka.records import KafkaRecord
-from adapter.masking import mask_access_tokens
-from adapter.metrics import CollectorRegistry, Metrics
-from adapter.records import PresenceSnapshot
-from adapter.redis_io import ReplicationSubscriber
-from adapter.redis_io.subscriber import CLIENT_NAME
-from adapter.rows import STREAM_NAMES, row_to_wire
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import ConsumeError
+from adapter.core.masking import mask_access_tokens
+from adapter.core.presence_snapshot import PresenceSnapshot
+from adapter.core.rows import STREAM_NAMES, row_to_wire
+from adapter.devstack.writer import SynapseWriter
+from adapter.io.db.connection import connect
+from adapter.io.kafka.consumer import BEGINNING, Consumer, PartitionStart
+from adapter.io.kafka.producer import Producer
+from adapter.io.kafka.records import KafkaRecord
+from adapter.io.metrics import CollectorRegistry, Metrics
+from adapter.io.redis import ReplicationSubscriber
+from adapter.io.redis.subscriber import CLIENT_NAME
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.bridge import Bridge
 from adapter.runtime.dead_letter_writer import DeadLetterWriter

@@ -13,10 +13,10 @@ import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from adapter import topics
-from adapter.config import KafkaSettings
-from adapter.db.writer import SynapseWriter
-from adapter.kafka.consumer import Consumer
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.devstack.writer import SynapseWriter
+from adapter.io.kafka.consumer import Consumer
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ConsumerRun,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter.config import KafkaSettings
-from adapter.db.writer import SynapseWriter
-from adapter.kafka.producer import Producer
+from adapter.core.config import KafkaSettings
+from adapter.devstack.writer import SynapseWriter
+from adapter.io.kafka.producer import Producer
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ensure_topics,

@@ -25,16 +25,16 @@ from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import Producer as RawProducer
 from confluent_kafka import TopicPartition
 
-from adapter import topics
-from adapter.backoff import Backoff
-from adapter.config import KafkaSettings
-from adapter.db.writer import SynapseWriter
-from adapter.errors import DeliveryError
-from adapter.kafka.admin import Admin
-from adapter.kafka.consumer import Consumer
-from adapter.localstack import KafkaBroker, PostgresCluster
-from adapter.positions import decode_commit_metadata
-from adapter.rows import row_from_wire
+from adapter.core import topics
+from adapter.core.backoff import Backoff
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import DeliveryError
+from adapter.core.positions import decode_commit_metadata
+from adapter.core.rows import row_from_wire
+from adapter.devstack.services import KafkaBroker, PostgresCluster
+from adapter.devstack.writer import SynapseWriter
+from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.consumer import Consumer
 from adapter.runtime.consumer import SWITCH_INTERVAL_S
 from adapter.runtime.lag import LagRow, measure_lag
 from adapter.runtime.publisher import Publisher

@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from adapter.db import (
+from adapter.core.errors import BackfillError, ConfigError, UnknownStreamError
+from adapter.core.rows import EventsAllStateRow, row_from_wire
+from adapter.devstack.writer import SynapseWriter
+from adapter.io.db import (
     DbConnection,
     RowsPage,
     SourceRegistry,
@@ -22,7 +25,7 @@ from adapter.db import (
     iter_pages,
     iter_rows,
 )
-from adapter.db.sources import (
+from adapter.io.db.sources import (
     LIVE_ONLY_STREAMS,
     DeviceListsSource,
     EventsSource,
@@ -30,10 +33,7 @@ from adapter.db.sources import (
     group_typed,
     iter_group_pages,
 )
-from adapter.db.synapse_schema import ID_GENERATORS
-from adapter.db.writer import SynapseWriter
-from adapter.errors import BackfillError, ConfigError, UnknownStreamError
-from adapter.rows import EventsAllStateRow, row_from_wire
+from adapter.io.db.synapse_schema import ID_GENERATORS
 
 WRITERS = ("master", "worker1")
 Written = list[tuple[str, int, list[Any]]]  # (writer, token, rows) in write order

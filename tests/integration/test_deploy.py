@@ -8,7 +8,7 @@
 * ``promtool check config`` and ``promtool check rules`` pass;
 * the Grafana dashboards have the keys Grafana needs;
 * every PromQL expression in the dashboards and alert rules uses only metrics that
-  synkafka (adapter/metrics.py) or kafka-exporter export.
+  synkafka (adapter/io/metrics.py) or kafka-exporter export.
 
 YAML is read by Debian's python3 with python3-yaml (installed with docker-compose by
 dev/bootstrap-system), so the project needs no YAML dependency of its own.
@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapter.metrics import Metrics
+from adapter.io.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"

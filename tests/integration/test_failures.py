@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from adapter.cli.exit_codes import EXIT_CONFIG, EXIT_RUNTIME
-from adapter.db.connection import connect
-from adapter.db.synapse_schema import create_synapse_tables
-from adapter.localstack import KafkaBroker, PostgresCluster, RedisServer
-from adapter.localstack._process import free_port
+from adapter.devstack.services import KafkaBroker, PostgresCluster, RedisServer
+from adapter.devstack.services._process import free_port
+from adapter.io.db.connection import connect
+from adapter.io.db.synapse_schema import create_synapse_tables
 from tests.integration.harness import wait_for
 
 

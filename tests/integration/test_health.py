@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapter.errors import ConfigError
-from adapter.metrics import Metrics
+from adapter.core.errors import ConfigError
+from adapter.io.metrics import Metrics
 from adapter.runtime.health import DEFAULT_HOST, DEFAULT_PORT, Check, HealthServer
 
 

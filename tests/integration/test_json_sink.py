@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from adapter import topics
-from adapter.config import KafkaSettings
-from adapter.db.writer import SynapseWriter
-from adapter.kafka.admin import Admin
-from adapter.kafka.producer import Producer
-from adapter.positions import decode_commit_metadata
+from adapter.core import topics
+from adapter.core.config import KafkaSettings
+from adapter.core.positions import decode_commit_metadata
+from adapter.devstack.writer import SynapseWriter
+from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.producer import Producer
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     ensure_topics,

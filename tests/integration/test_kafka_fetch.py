@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adapter.errors import ServiceError
-from adapter.localstack import kafka as kafka_mod
+from adapter.core.errors import ServiceError
+from adapter.devstack.services import kafka as kafka_mod
 
 
 def test_a_fetched_jar_with_another_checksum_fails_the_fetch_and_is_not_used(

@@ -25,8 +25,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from adapter.localstack import KafkaBroker, PostgresCluster, RedisServer
-from adapter.localstack._process import is_alive, poll_until
+from adapter.devstack.services import KafkaBroker, PostgresCluster, RedisServer
+from adapter.devstack.services._process import is_alive, poll_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -269,7 +269,7 @@ def test_redis_restart_keeps_port(redis_server: RedisServer) -> None:
 
 _CHILD = """\
 import sys
-from adapter.localstack import KafkaBroker, PostgresCluster, RedisServer
+from adapter.devstack.services import KafkaBroker, PostgresCluster, RedisServer
 services = [RedisServer(), PostgresCluster(), KafkaBroker()]
 for service in services:
     service.start()

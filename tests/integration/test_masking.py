@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-from adapter.config import KafkaSettings
-from adapter.kafka.producer import Producer
-from adapter.rows import row_from_wire
+from adapter.core.config import KafkaSettings
+from adapter.core.rows import row_from_wire
+from adapter.io.kafka.producer import Producer
 from adapter.runtime.publisher import Publisher
 from tests.integration.handlers import SECRET_TOKEN
 from tests.integration.harness import ensure_topics

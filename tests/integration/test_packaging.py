@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from adapter.schemas import PACKAGED_DIR_NAME, schema_dir
+from adapter.codec.schemas import PACKAGED_DIR_NAME, schema_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"

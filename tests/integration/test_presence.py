@@ -23,18 +23,18 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapter import topics
-from adapter.codec import decode, encode
-from adapter.commands import ClearUserSyncsCommand
-from adapter.config import KafkaSettings
-from adapter.errors import DecodeError
-from adapter.kafka.admin import Admin
-from adapter.kafka.consumer import BEGINNING, Consumer, PartitionStart
-from adapter.kafka.producer import Producer
-from adapter.kafka.records import KafkaRecord
-from adapter.metrics import Metrics
-from adapter.presence import PresenceChange, PresenceView, SyncTracker
-from adapter.records import PresenceSnapshot, SyncingDevice
+from adapter.codec.avro_codec import decode, encode
+from adapter.core import topics
+from adapter.core.commands import ClearUserSyncsCommand
+from adapter.core.config import KafkaSettings
+from adapter.core.errors import DecodeError
+from adapter.core.presence import PresenceChange, PresenceView, SyncTracker
+from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
+from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.consumer import BEGINNING, Consumer, PartitionStart
+from adapter.io.kafka.producer import Producer
+from adapter.io.kafka.records import KafkaRecord
+from adapter.io.metrics import Metrics
 from adapter.runtime.presence_sync import PresenceSync, wall_clock_ms
 from adapter.runtime.presence_view import PresenceFollower
 from adapter.runtime.publisher import Publisher

@@ -35,10 +35,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from adapter.config import KafkaSettings
-from adapter.kafka.producer import Producer
-from adapter.metrics import Metrics
-from adapter.rows import row_from_wire
+from adapter.core.config import KafkaSettings
+from adapter.core.rows import row_from_wire
+from adapter.io.kafka.producer import Producer
+from adapter.io.metrics import Metrics
 from adapter.runtime.health import Check, HealthServer
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import ensure_topics, json_lines

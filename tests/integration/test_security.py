@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from adapter import topics
-from adapter.codec import decode
-from adapter.commands import UserIpCommand
-from adapter.errors import ConsumeError
-from adapter.kafka.consumer import BEGINNING, Consumer, PartitionStart
-from adapter.kafka.records import KafkaRecord
-from adapter.localstack._process import free_port
-from adapter.metrics import Metrics
+from adapter.codec.avro_codec import decode
+from adapter.core import topics
+from adapter.core.commands import UserIpCommand
+from adapter.core.errors import ConsumeError
+from adapter.devstack.services._process import free_port
+from adapter.io.kafka.consumer import BEGINNING, Consumer, PartitionStart
+from adapter.io.kafka.records import KafkaRecord
+from adapter.io.metrics import Metrics
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
 from tests.integration.harness import Recorder, json_lines, wait_for
 from tests.integration.secure_broker import (

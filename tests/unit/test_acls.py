@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from adapter import topics
+from adapter.core import topics
 
 PREFIX = "synapse.example.com"
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from adapter import avro_body
-from adapter.avro_body import BodyReader, BodyWriter, probe_datum
-from adapter.codec import default_codec
-from adapter.schemas import AvroSchema
+from adapter.codec import avro_body
+from adapter.codec.avro_body import BodyReader, BodyWriter, probe_datum
+from adapter.codec.avro_codec import default_codec
+from adapter.codec.schemas import AvroSchema
 
 
 def _rdata_schema() -> AvroSchema:

@@ -10,14 +10,18 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapter.avro_compiled import CompiledReader, CompiledWriter, UnsupportedSchema
-from adapter.codec import Codec, default_codec
-from adapter.commands import Command, RdataCommand
-from adapter.errors import DecodeError, EncodeError
-from adapter.ports import StreamUpdate
-from adapter.records import PresenceSnapshot
-from adapter.rows import TypingRow
-from adapter.schemas import AvroSchema, default_schema_set
+from adapter.codec.avro_codec import Codec, default_codec
+from adapter.codec.avro_compiled import (
+    CompiledReader,
+    CompiledWriter,
+    UnsupportedSchema,
+)
+from adapter.codec.schemas import AvroSchema, default_schema_set
+from adapter.core.commands import Command, RdataCommand
+from adapter.core.errors import DecodeError, EncodeError
+from adapter.core.ports import StreamUpdate
+from adapter.core.presence_snapshot import PresenceSnapshot
+from adapter.core.rows import TypingRow
 from tests.unit.data.strategies import kafka_commands, presence_snapshots
 
 # Every Avro type the generator reads, including a union of records (read through a

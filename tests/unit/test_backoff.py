@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from adapter.backoff import Backoff
+from adapter.core.backoff import Backoff
 
 
 def test_delays_grow_exponentially_and_are_capped() -> None:

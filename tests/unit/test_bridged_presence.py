@@ -1,4 +1,4 @@
-"""Presence of a bridged Synapse (adapter/bridged_presence.py), as transcripts.
+"""Presence of a bridged Synapse (adapter/core/bridged_presence.py), as transcripts.
 
 The timings follow what a real Synapse 1.163 sends: one ``USER_SYNC start`` when a
 user starts syncing and nothing more while they long-poll; a ``presence`` row about
@@ -12,7 +12,7 @@ import itertools
 
 import pytest
 
-from adapter.bridged_presence import (
+from adapter.core.bridged_presence import (
     DEFAULT_BRIDGE_HEARTBEAT_MS,
     DEFAULT_LIVE_WINDOW_MS,
     DEFAULT_USER_SYNC_WINDOW_MS,
@@ -20,7 +20,7 @@ from adapter.bridged_presence import (
     Gone,
     Publish,
 )
-from adapter.records import PresenceSnapshot, SyncingDevice
+from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
 
 S = 1000
 MINUTE = 60 * S

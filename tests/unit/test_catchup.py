@@ -1,8 +1,8 @@
-"""The consumer's start decision: one test per start case (adapter.catchup)."""
+"""The consumer's start decision: one test per start case (adapter.core.catchup)."""
 
 from __future__ import annotations
 
-from adapter.catchup import (
+from adapter.core.catchup import (
     InitialBackfill,
     PartitionMark,
     StartCase,

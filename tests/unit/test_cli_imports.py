@@ -21,11 +21,11 @@ from typer.core import TyperGroup
 from adapter.cli import app
 
 DEV_STACK = (
-    "adapter.localstack",
-    "adapter.runtime.demo",
-    "adapter.runtime.demo_synapse",
-    "adapter.db.writer",
-    "adapter.cli.demo_run",
+    "adapter.devstack.services",
+    "adapter.devstack.demo",
+    "adapter.devstack.demo_synapse",
+    "adapter.devstack.writer",
+    "adapter.devstack.demo_run",
 )
 
 _PROBE = """
@@ -90,8 +90,8 @@ def test_the_probe_sees_the_dev_stack_when_it_is_loaded() -> None:
             sys.executable,
             "-c",
             (
-                "import sys, adapter.cli.demo_run; print(sorted(m for m in "
-                "sys.modules if m.startswith('adapter.localstack')))"
+                "import sys, adapter.devstack.demo_run; print(sorted(m for m in "
+                "sys.modules if m.startswith('adapter.devstack.services')))"
             ),
         ],
         capture_output=True,
@@ -99,7 +99,7 @@ def test_the_probe_sees_the_dev_stack_when_it_is_loaded() -> None:
         check=True,
         timeout=60,
     ).stdout
-    assert "adapter.localstack.kafka" in loaded
+    assert "adapter.devstack.services.kafka" in loaded
     assert _dev_modules_loaded("demo") == []  # --help alone does not load it
 
 

@@ -4,8 +4,8 @@ import pytest
 
 from adapter.cli.lag import format_table
 from adapter.cli.publish import decode_lines, line_ranges, parse_input, validate
-from adapter.commands import PositionCommand, RdataCommand, ReplicateCommand
-from adapter.errors import ConfigError
+from adapter.core.commands import PositionCommand, RdataCommand, ReplicateCommand
+from adapter.core.errors import ConfigError
 from adapter.runtime.lag import LagRow
 
 

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 import adapter
 from adapter.cli._app import app
-from adapter.codec import MAGIC, Codec, Record, decode, default_codec, encode
-from adapter.commands import (
+from adapter.codec.avro_codec import MAGIC, Codec, Record, decode, default_codec, encode
+from adapter.codec.schemas import load_schema_set, schema_dir
+from adapter.core.commands import (
     ClearUserSyncsCommand,
     Command,
     ErrorCommand,
@@ -32,14 +33,14 @@ from adapter.commands import (
     UserSyncCommand,
     parse_line,
 )
-from adapter.errors import (
+from adapter.core.errors import (
     DecodeError,
     EncodeError,
     UnknownStreamDecodeError,
     UnknownStreamError,
 )
-from adapter.records import PresenceSnapshot, SyncingDevice
-from adapter.rows import (
+from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
+from adapter.core.rows import (
     CachesRow,
     EventsAllStateRow,
     EventsCurrentStateRow,
@@ -50,7 +51,6 @@ from adapter.rows import (
     ReceiptsRow,
     TypingRow,
 )
-from adapter.schemas import load_schema_set, schema_dir
 from tests.unit.data.strategies import kafka_commands, presence_snapshots
 from tests.unit.test_commands import CASES
 

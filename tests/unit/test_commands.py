@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 
-from adapter.commands import (
+from adapter.core.commands import (
     COMMANDS_BY_NAME,
     ClearUserSyncsCommand,
     Command,
@@ -21,13 +21,13 @@ from adapter.commands import (
     parse_line,
     to_lines,
 )
-from adapter.errors import (
+from adapter.core.errors import (
     DecodeError,
     EncodeError,
     UnknownCommandError,
     UnknownStreamError,
 )
-from adapter.rows import CachesRow, EventsEventRow, TypingRow
+from adapter.core.rows import CachesRow, EventsEventRow, TypingRow
 from tests.unit.data.strategies import line_commands
 
 DATA = Path(__file__).parent / "data" / "synapse_lines.txt"

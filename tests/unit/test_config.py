@@ -11,7 +11,7 @@ import typer
 
 from adapter.cli import app
 from adapter.cli.common import config_default_map, db_dsn, kafka_settings, redis_url
-from adapter.config import (
+from adapter.core.config import (
     KafkaSettings,
     Secret,
     is_secret_key,
@@ -20,7 +20,7 @@ from adapter.config import (
     redact_url,
     with_url_password,
 )
-from adapter.errors import ConfigError
+from adapter.core.errors import ConfigError
 
 SECRET = "s3cr3t/with:odd@chars"  # noqa: S105 (a test value)
 

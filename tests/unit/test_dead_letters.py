@@ -12,14 +12,14 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapter.dead_letters import (
+from adapter.core.dead_letters import (
     DEFAULT_MAX_BYTES,
     HEADER_REFERENCE,
     REFERENCE_HEAD_BYTES,
     dead_letter,
     value_limit,
 )
-from adapter.masking import MaskingFormatter, mask_access_tokens
+from adapter.core.masking import MaskingFormatter, mask_access_tokens
 
 SOURCE: dict[str, str | int] = {
     "topic": "p.stream.events",

@@ -8,9 +8,9 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from adapter.cli.common import db_dsn
-from adapter.config import Secret
-from adapter.db.connection import Dsn, dsn_with_password, parse_dsn
-from adapter.errors import ConfigError
+from adapter.core.config import Secret
+from adapter.core.errors import ConfigError
+from adapter.io.db.connection import Dsn, dsn_with_password, parse_dsn
 
 SECRET = "hunter2-not-shown"  # noqa: S105 (a test value)
 

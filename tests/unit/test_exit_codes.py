@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from adapter.cli.exit_codes import EXIT_CONFIG, EXIT_RUNTIME, exit_code_for
-from adapter.errors import (
+from adapter.core.errors import (
     AdapterError,
     BackfillError,
     ConfigError,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from adapter.config import KafkaSettings, Secret, check_bootstrap_servers
-from adapter.errors import ConfigError
-from adapter.kafka.admin import Admin
-from adapter.kafka.client import check_client_config
-from adapter.kafka.consumer import Consumer
-from adapter.kafka.producer import Producer
+from adapter.core.config import KafkaSettings, Secret, check_bootstrap_servers
+from adapter.core.errors import ConfigError
+from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.client import check_client_config
+from adapter.io.kafka.consumer import Consumer
+from adapter.io.kafka.producer import Producer
 
 
 @pytest.mark.parametrize(

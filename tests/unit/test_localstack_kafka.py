@@ -1,4 +1,4 @@
-"""Pure parts of adapter.localstack: cache layout, jar checks, ids, polling."""
+"""Pure parts of adapter.devstack.services: cache layout, jar checks, ids, polling."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter.errors import ServiceError
-from adapter.localstack import kafka as kafka_mod
-from adapter.localstack._process import cache_root, log_tail, poll_until
+from adapter.core.errors import ServiceError
+from adapter.devstack.services import kafka as kafka_mod
+from adapter.devstack.services._process import cache_root, log_tail, poll_until
 
 VERSION = kafka_mod.KAFKA_VERSION
 GOOD_JARS = [

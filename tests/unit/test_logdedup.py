@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from adapter.kafka.client import ClientLog
-from adapter.logdedup import LogDeduplicator, Verdict, line_kind
+from adapter.core.logdedup import LogDeduplicator, Verdict, line_kind
+from adapter.io.kafka.client import ClientLog
 
 REFUSED = (
     "[thrd:127.0.0.1:9092/bootstrap]: 127.0.0.1:9092/bootstrap: Connect to "

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from adapter.metrics import LATENCY_BUCKETS_S, HistogramBatch, Metrics, render_latest
+from adapter.io.metrics import LATENCY_BUCKETS_S, HistogramBatch, Metrics, render_latest
 
 # Every label name a metric may carry. Each has a bounded set of values: protocol
 # names (stream, command), deployment names (writer, topic, component), partitions,

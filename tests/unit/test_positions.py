@@ -1,4 +1,4 @@
-"""The catch-up state machine, commit metadata and batch joining (adapter/positions.py)."""
+"""The catch-up state machine, commit metadata and batch joining (adapter/core/positions.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapter import positions
-from adapter.errors import DecodeError, EncodeError, PositionError
-from adapter.positions import (
+from adapter.core import positions
+from adapter.core.errors import DecodeError, EncodeError, PositionError
+from adapter.core.positions import (
     MAX_COMMIT_METADATA_BYTES,
     SYNAPSE_IN_MEMORY_STREAMS,
     Apply,

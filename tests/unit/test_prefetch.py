@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from adapter.errors import BackfillError
+from adapter.core.errors import BackfillError
 from adapter.runtime.backfill import prefetched
 
 

@@ -1,4 +1,4 @@
-"""Syncing sets, their publication, and the presence writer's view (adapter/presence.py)."""
+"""Syncing sets, their publication, and the presence writer's view (adapter/core/presence.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapter.errors import ConfigError
-from adapter.presence import (
+from adapter.core.errors import ConfigError
+from adapter.core.presence import (
     DEFAULT_DEBOUNCE_MS,
     DEFAULT_EXPIRY_MS,
     DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -22,7 +22,7 @@ from adapter.presence import (
     PresenceView,
     SyncTracker,
 )
-from adapter.records import PresenceSnapshot, SyncingDevice
+from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
 from tests.fakes import FixedClock, InMemoryLog
 
 MINUTE = 60_000

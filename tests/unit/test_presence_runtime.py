@@ -10,15 +10,15 @@ from collections.abc import Callable, Sequence
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapter.codec import encode
-from adapter.commands import ClearUserSyncsCommand, Command, UserSyncCommand
-from adapter.errors import ConfigError
-from adapter.kafka.consumer import PartitionStart
-from adapter.kafka.producer import Delivered, DeliveryCallback
-from adapter.kafka.records import KafkaRecord
-from adapter.metrics import Metrics
-from adapter.presence import PresenceView
-from adapter.records import PresenceSnapshot, SyncingDevice
+from adapter.codec.avro_codec import encode
+from adapter.core.commands import ClearUserSyncsCommand, Command, UserSyncCommand
+from adapter.core.errors import ConfigError
+from adapter.core.presence import PresenceView
+from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
+from adapter.io.kafka.consumer import PartitionStart
+from adapter.io.kafka.producer import Delivered, DeliveryCallback
+from adapter.io.kafka.records import KafkaRecord
+from adapter.io.metrics import Metrics
 from adapter.runtime.presence_sync import (
     INSTANCE_ID_LENGTH,
     PresenceSync,

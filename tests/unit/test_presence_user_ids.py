@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adapter.cli.presence import _check_user_ids
-from adapter.errors import ConfigError
+from adapter.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapter.redis_io.subscriber import RespError, _RespReader
+from adapter.io.redis.subscriber import RespError, _RespReader
 
 STREAM = (
     b"*3\r\n$9\r\nsubscribe\r\n$4\r\nhs.a\r\n:1\r\n"

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
-from adapter.errors import DecodeError, EncodeError, UnknownStreamError
-from adapter.rows import (
+from adapter.core.errors import DecodeError, EncodeError, UnknownStreamError
+from adapter.core.rows import (
     ROW_CLASSES,
     ROW_TYPES_BY_STREAM,
     STREAM_NAMES,

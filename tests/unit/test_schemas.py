@@ -8,9 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adapter.cli._app import app
-from adapter.errors import SchemaError
-from adapter.rows import ROW_CLASSES
-from adapter.schemas import (
+from adapter.codec.schemas import (
     ROOT_NAMES,
     default_schema_set,
     expand,
@@ -19,6 +17,8 @@ from adapter.schemas import (
     load_schema_set,
     schema_dir,
 )
+from adapter.core.errors import SchemaError
+from adapter.core.rows import ROW_CLASSES
 
 RUNNER = CliRunner()
 

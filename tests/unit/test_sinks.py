@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter.errors import ConfigError, SinkError
-from adapter.ports import StreamUpdate
-from adapter.rows import row_from_wire
+from adapter.core.errors import ConfigError, SinkError
+from adapter.core.ports import StreamUpdate
+from adapter.core.rows import row_from_wire
 from adapter.runtime.sinks import JsonLinesSink, load_handler, update_to_json
 
 

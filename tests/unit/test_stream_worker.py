@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapter.backoff import Backoff
-from adapter.errors import AdapterError, BackfillError
-from adapter.metrics import Metrics
-from adapter.ports import StreamUpdate
+from adapter.core.backoff import Backoff
+from adapter.core.errors import AdapterError, BackfillError
+from adapter.core.ports import StreamUpdate
+from adapter.io.metrics import Metrics
 from adapter.runtime.stream_worker import BackfillWork, StreamWorker, UpdateWork
 
 

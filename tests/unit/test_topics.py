@@ -1,4 +1,4 @@
-"""Topic names, keys, specs and diffs (adapter/topics.py)."""
+"""Topic names, keys, specs and diffs (adapter/core/topics.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from adapter import topics
-from adapter.errors import ConfigError
-from adapter.topics import TopicSpec
+from adapter.core import topics
+from adapter.core.errors import ConfigError
+from adapter.core.topics import TopicSpec
 
 PREFIX = "synapse.example.com"
 

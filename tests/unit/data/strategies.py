@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from adapter.commands import (
+from adapter.core.commands import (
     CancelTaskCommand,
     ClearUserSyncsCommand,
     Command,
@@ -30,8 +30,8 @@ from adapter.commands import (
     UserIpCommand,
     UserSyncCommand,
 )
-from adapter.records import PresenceSnapshot, SyncingDevice
-from adapter.rows import (
+from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
+from adapter.core.rows import (
     ROW_CLASSES,
     ROW_TYPES_BY_STREAM,
     STREAM_NAMES,

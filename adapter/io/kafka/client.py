@@ -1,0 +1,174 @@
+"""What every confluent client of synkafka shares: configuration errors and its log.
+
+librdkafka checks its configuration when a client is created: an unknown property
+("No such configuration property"), a value of the wrong type, a CA file that does
+not exist. Such a ``KafkaException`` at construction can never get better by
+retrying, so it becomes a :class:`~adapter.core.errors.ConfigError` (see
+:func:`config_error`), which the long-running commands do not retry.
+:func:`check_client_config` runs that check once, up front, on a throwaway client
+that never connects, so a bad ``-X`` fails before any work starts.
+
+librdkafka's own log goes through Python logging, never to stderr as raw
+``%3|...|FAIL|`` lines: every client is given :func:`client_log` as its ``logger``
+property (confluent-kafka then serves the lines from ``poll()``, on the polling
+thread), and the clients' error callbacks report through it too. It logs to the
+``adapter.io.kafka.client`` logger, deduplicated process-wide by a
+:class:`~adapter.core.logdedup.LogDeduplicator`: while a broker is down, the
+failure is logged once, then at most every 30 s with the count of lines
+suppressed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Producer as _ConfluentProducer
+
+from adapter.core.config import KafkaSettings, redact_text
+from adapter.core.errors import ConfigError
+from adapter.core.logdedup import LogDeduplicator
+
+__all__ = [
+    "CLIENT_LOGGER",
+    "ClientLog",
+    "check_client_config",
+    "client_log",
+    "config_error",
+]
+
+CLIENT_LOGGER = "adapter.io.kafka.client"
+"""The logger librdkafka's log and the clients' transient errors go to."""
+
+
+class ClientLog:
+    """librdkafka's ``logger``, deduplicated; the clients' error callbacks use it too.
+
+    Args:
+        logger: where lines go.
+        dedup: decides which repeats to show; shared by every client of a process
+            so that the consumer and its dead-letter producer, both seeing the
+            broker go away, report it once.
+    """
+
+    def __init__(self, logger: logging.Logger, dedup: LogDeduplicator) -> None:
+        self._logger = logger
+        self._dedup = dedup
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        """Take one librdkafka line, as confluent-kafka hands it to a ``logger``.
+
+        confluent-kafka calls ``log(level, "%s [%s] %s", facility, client, text)``
+        with the Python level of the line.
+        """
+        if len(args) == 3:
+            facility, client, text = (str(a) for a in args)
+            self.emit(level, text, f"{client} {facility}")
+        else:
+            self.emit(level, fmt % args if args else fmt, "librdkafka")
+
+    def emit(self, level: int, text: str, source: str) -> None:
+        """Log ``source: text`` unless the deduplicator suppresses it.
+
+        Args:
+            level: the Python logging level.
+            text: the line; its kind (see :func:`~adapter.core.logdedup.line_kind`)
+                decides what counts as a repeat.
+            source: who reports it (``rdkafka#consumer-1 FAIL``, ``Kafka producer``).
+        """
+        if not self._logger.isEnabledFor(level):
+            return
+        verdict = self._dedup.admit(text)
+        if not verdict.show:
+            return
+        if verdict.suppressed:
+            self._logger.log(
+                level,
+                "%s: %s (still; %d similar lines suppressed since the last one)",
+                source,
+                text,
+                verdict.suppressed,
+            )
+        else:
+            self._logger.log(level, "%s: %s", source, text)
+
+
+_SHARED = ClientLog(logging.getLogger(CLIENT_LOGGER), LogDeduplicator())
+
+
+def client_log() -> ClientLog:
+    """The process's :class:`ClientLog` (one deduplicator for every client)."""
+    return _SHARED
+
+
+def connected_to_a_broker(stats: Mapping[str, object]) -> bool:
+    """Whether librdkafka's statistics show a connection to a real broker.
+
+    A real broker has a node id (the bootstrap pseudo-broker has -1) and the state
+    ``UP``; with every broker down there is none.
+    """
+    brokers = stats.get("brokers")
+    if not isinstance(brokers, dict):
+        return False
+    return any(
+        isinstance(b, dict) and b.get("state") == "UP" and b.get("nodeid", -1) != -1
+        for b in brokers.values()
+    )
+
+
+def where(settings: KafkaSettings) -> str:
+    """The bootstrap servers and protocol, for "cannot reach Kafka at ..." messages.
+
+    Secrets are masked in case one was pasted into the list.
+    """
+    servers = redact_text(settings.bootstrap_servers, settings.secrets())
+    return f"{servers} ({settings.security_protocol})"
+
+
+def config_error(exc: KafkaException, settings: KafkaSettings) -> ConfigError:
+    """The :class:`ConfigError` for a client librdkafka refused to create.
+
+    Args:
+        exc: what the confluent constructor raised.
+        settings: the settings used; their secrets are masked in the message.
+    """
+    err = exc.args[0] if exc.args else None
+    reason = err.str() if isinstance(err, KafkaError) else str(exc)
+    return ConfigError(
+        f"invalid Kafka configuration: {redact_text(reason, settings.secrets())}"
+    )
+
+
+class _Discard:
+    """A ``logger`` for the throwaway client: its log has nothing worth showing."""
+
+    def log(self, *_args: object, **_kwargs: object) -> None:
+        """Drop the line."""
+
+
+def check_client_config(
+    settings: KafkaSettings, extra: Mapping[str, str] | None = None
+) -> None:
+    """Have librdkafka check the settings (``-X`` overrides included) without connecting.
+
+    A producer is created without ``bootstrap.servers`` (so it opens no connection;
+    :class:`KafkaSettings` checks that list itself) and dropped at once. librdkafka
+    validates every property there, consumer properties included, so this is the
+    same check a real client would make, minus the network.
+
+    Args:
+        settings: the settings to check.
+        extra: more properties the caller will add (checked with the settings).
+
+    Raises:
+        ConfigError: librdkafka refused a property or a value; the message quotes it.
+    """
+    conf: dict[str, object] = {**(extra or {}), **settings.to_librdkafka()}
+    conf.pop("bootstrap.servers", None)
+    conf["logger"] = _Discard()
+    try:
+        client = _ConfluentProducer(conf)
+    except KafkaException as exc:
+        raise config_error(exc, settings) from exc
+    del client

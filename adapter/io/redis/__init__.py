@@ -1,0 +1,5 @@
+"""Redis I/O: the only package that imports redis-py."""
+
+from adapter.io.redis.subscriber import RedisMessage, ReplicationSubscriber
+
+__all__ = ["RedisMessage", "ReplicationSubscriber"]
