@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from adapter.core.config import KafkaSettings, Secret, check_bootstrap_servers
 from adapter.core.errors import ConfigError
 from adapter.io.kafka.admin import Admin
-from adapter.io.kafka.client import check_client_config
+from adapter.io.kafka.client import check_client_config, where
 from adapter.io.kafka.consumer import Consumer
 from adapter.io.kafka.producer import Producer
 
@@ -97,3 +99,54 @@ def test_secrets_in_refused_values_are_masked() -> None:
     assert "sasl.oops" in str(info.value)
     assert "hunter2-secret" not in str(info.value)
     assert "pem-secret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "flag"),
+    [
+        ("ssl_ca_location", "--ssl-ca"),
+        ("ssl_certificate_location", "--ssl-cert"),
+        ("ssl_key_location", "--ssl-key"),
+    ],
+)
+def test_an_unreadable_tls_file_is_named_with_its_flag(
+    tmp_path: Path, field: str, flag: str
+) -> None:
+    missing = str(tmp_path / "nowhere.pem")
+    present = tmp_path / "present.pem"
+    present.write_text("not a certificate, but readable")
+    files = {"ssl_certificate_location": str(present), "ssl_key_location": str(present)}
+    files[field] = missing
+    settings = KafkaSettings(
+        security_protocol="SSL",
+        ssl_ca_location=files.get("ssl_ca_location"),
+        ssl_certificate_location=files["ssl_certificate_location"],
+        ssl_key_location=files["ssl_key_location"],
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_client_config(settings)
+    message = str(caught.value)
+    assert missing in message
+    assert flag in message
+    assert "No such file or directory" in message
+
+
+def test_a_ca_directory_is_left_to_librdkafka(tmp_path: Path) -> None:
+    # librdkafka accepts a directory of hashed CA files for ssl.ca.location.
+    check_client_config(
+        KafkaSettings(security_protocol="SSL", ssl_ca_location=str(tmp_path))
+    )
+
+
+def test_messages_name_the_servers_a_bootstrap_override_sets() -> None:
+    settings = KafkaSettings(
+        bootstrap_servers="flag-host:9092",
+        overrides={
+            "bootstrap.servers": "override-host:9093",
+            "security.protocol": "ssl",
+        },
+    )
+    assert where(settings) == "override-host:9093 (SSL)"
+    assert where(KafkaSettings(bootstrap_servers="flag-host:9092")) == (
+        "flag-host:9092 (PLAINTEXT)"
+    )

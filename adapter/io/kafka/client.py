@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import Producer as _ConfluentProducer
@@ -120,10 +122,13 @@ def connected_to_a_broker(stats: Mapping[str, object]) -> bool:
 def where(settings: KafkaSettings) -> str:
     """The bootstrap servers and protocol, for "cannot reach Kafka at ..." messages.
 
+    Named as the client uses them: a ``-X bootstrap.servers=...`` or
+    ``-X security.protocol=...`` override wins over the flags, here as in librdkafka.
     Secrets are masked in case one was pasted into the list.
     """
-    servers = redact_text(settings.bootstrap_servers, settings.secrets())
-    return f"{servers} ({settings.security_protocol})"
+    conf = settings.to_librdkafka()
+    servers = redact_text(conf["bootstrap.servers"], settings.secrets())
+    return f"{servers} ({conf['security.protocol'].upper()})"
 
 
 def config_error(exc: KafkaException, settings: KafkaSettings) -> ConfigError:
@@ -138,6 +143,38 @@ def config_error(exc: KafkaException, settings: KafkaSettings) -> ConfigError:
     return ConfigError(
         f"invalid Kafka configuration: {redact_text(reason, settings.secrets())}"
     )
+
+
+#: The properties that name a file librdkafka reads, and how a message calls each.
+_FILE_PROPERTIES: Final = {
+    "ssl.ca.location": "CA file (--ssl-ca)",
+    "ssl.certificate.location": "client certificate (--ssl-cert)",
+    "ssl.key.location": "client key (--ssl-key)",
+}
+
+
+def _check_files_readable(conf: Mapping[str, object]) -> None:
+    """Refuse a TLS file that cannot be read, naming it and its flag.
+
+    librdkafka's own words for it (``ssl.ca.location failed: ... BIO lib``) name
+    neither the file nor the reason. A directory is accepted for the CA (librdkafka
+    reads a hashed CA directory), and the special value ``probe`` is left to it.
+    """
+    for prop, what in _FILE_PROPERTIES.items():
+        value = conf.get(prop)
+        if not isinstance(value, str) or not value or value == "probe":
+            continue
+        path = Path(value)
+        if prop == "ssl.ca.location" and path.is_dir():
+            continue
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                f"cannot read the {what} {value}: {reason} (librdkafka property {prop})"
+            ) from None
 
 
 class _Discard:
@@ -165,6 +202,7 @@ def check_client_config(
         ConfigError: librdkafka refused a property or a value; the message quotes it.
     """
     conf: dict[str, object] = {**(extra or {}), **settings.to_librdkafka()}
+    _check_files_readable(conf)
     conf.pop("bootstrap.servers", None)
     conf["logger"] = _Discard()
     try:
