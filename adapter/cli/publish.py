@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,6 +43,7 @@ from adapter.core.errors import (
 )
 from adapter.core.presence_snapshot import PresenceSnapshot
 from adapter.core.rows import STREAM_NAMES, row_from_wire, row_to_wire
+from adapter.io.kafka.admin import Admin
 from adapter.io.kafka.consumer import BEGINNING, END, Consumer, PartitionStart
 from adapter.io.kafka.producer import Delivered, DeliveryCallback, Producer
 from adapter.runtime.publisher import Publisher
@@ -298,9 +299,24 @@ def publish(
         raise ConfigError(f"{name}: {exc}; nothing was published") from None
     # A producer queues records for an unreachable broker for minutes: find out first
     # (before saying anything, so that failure stays the one line).
-    reach_kafka(kafka, timeout)
+    admin = reach_kafka(kafka, timeout)
+    resolved = resolve_prefix(prefix, server_name)
+    publisher = Publisher(Producer(kafka), resolved)
+    # Checked before the first record: a mistyped prefix would otherwise create
+    # topics (brokers auto-create by default), and an oversized record would stop
+    # the run halfway.
+    needed = sorted(
+        {publisher.topic_for(item.command) for item in checked}
+        | {topics.positions_topic(resolved)}
+    )
+    try:
+        _check_topics_exist(admin, needed, resolved)
+        check_sizes(
+            checked, admin.max_message_bytes(needed), kafka, publisher.topic_for
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}; nothing was published") from None
     typer.echo(f"{name}: {len(checked)} records, all valid; publishing", err=True)
-    publisher = Publisher(Producer(kafka), resolve_prefix(prefix, server_name))
     acks = _Acks()
     started = time.monotonic()
     try:
@@ -314,6 +330,55 @@ def publish(
         f"{_summary(checked, publisher)}",
         err=True,
     )
+
+
+#: librdkafka's default ``message.max.bytes`` (the producer's own record limit).
+_PRODUCER_MAX_BYTES = 1_000_000
+
+
+def _check_topics_exist(admin: Admin, needed: list[str], prefix: str) -> None:
+    existing = admin.existing_topics(needed)
+    missing = [name for name in needed if name not in existing]
+    if missing:
+        raise ConfigError(topics.missing_topic_message(missing[0], prefix))
+
+
+def check_sizes(
+    checked: list[NumberedCommand],
+    topic_limits: Mapping[str, int],
+    kafka: KafkaSettings,
+    topic_of: Callable[[Command], str],
+) -> None:
+    """Refuse the run if a record is certain to be over a size limit.
+
+    Args:
+        checked: the validated input.
+        topic_limits: ``max.message.bytes`` of the topics whose config could be read.
+        kafka: the settings (a ``-X message.max.bytes`` sets the producer limit).
+        topic_of: the topic each command goes to.
+
+    Raises:
+        ConfigError: the first line whose value alone is over the smaller of the
+            topic's ``max.message.bytes`` and the producer's ``message.max.bytes``.
+            (The key and headers add a few dozen bytes, so a value just under the
+            limit can still be refused while publishing; the error then names the
+            lines the broker acknowledged.)
+    """
+    producer_limit = int(kafka.overrides.get("message.max.bytes", _PRODUCER_MAX_BYTES))
+    for item in checked:
+        topic = topic_of(item.command)
+        limit = min(topic_limits.get(topic, producer_limit), producer_limit)
+        size = len(encode(item.command))
+        if size > limit:
+            which = (
+                f"producer message.max.bytes {producer_limit:,}"
+                if limit == producer_limit
+                else f"{topic} max.message.bytes {limit:,}"
+            )
+            raise ConfigError(
+                f"line {item.line}: its record is {size:,} bytes, over the "
+                f"{limit:,} bytes allowed ({which})"
+            )
 
 
 def _partial_failure(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from adapter.cli.publish import parse_input
+from adapter.codec.avro_codec import encode
 from tests.integration.harness import json_lines, wait_for
 
 
@@ -304,11 +306,24 @@ def test_publish_checks_everything_first_and_says_what_it_did(
     assert _tokens_on_topic(common) == [1, 2, 3, 4]
 
 
+def _pad_for_value_size(token: int, low: int, high: int) -> int:
+    """A pad that makes the receipt's encoded value ``low`` to ``high`` bytes long."""
+    pad = 0
+    while True:
+        (command,) = parse_input([_receipt_line(token, pad)])
+        size = len(encode(command))
+        if size >= low:
+            assert size <= high, f"no pad gives {low} to {high} bytes"
+            return pad
+        pad += max(1, (low - size) // 2)
+
+
 def test_publish_names_the_lines_the_broker_acknowledged(common: list[str]) -> None:
     assert synkafka("topics", "ensure", "--stream", "receipts", *common).returncode == 0
-    # Line 4 is over the client's message.max.bytes: the broker never sees it.
+    # Line 4's value fits message.max.bytes, so the up-front check passes it, but with
+    # its key and headers the record does not: the client refuses it mid-run.
     lines = [_receipt_line(1), _receipt_line(2), _receipt_line(3)]
-    lines += [_receipt_line(4, pad=3000), _receipt_line(5)]
+    lines += [_receipt_line(4, pad=_pad_for_value_size(4, 990, 1000)), _receipt_line(5)]
     failed = synkafka(
         "publish", "-X", "message.max.bytes=1000", *common,
         input_text="\n".join(lines) + "\n",
@@ -321,6 +336,37 @@ def test_publish_names_the_lines_the_broker_acknowledged(common: list[str]) -> N
         "; published lines: 1-3 (3 of 5 records); not published: 4-5"
     ), last
     assert _tokens_on_topic(common) == [1, 2, 3]
+
+
+def test_publish_refuses_an_oversized_record_before_sending_anything(
+    common: list[str],
+) -> None:
+    assert synkafka("topics", "ensure", "--stream", "receipts", *common).returncode == 0
+    lines = [_receipt_line(1), _receipt_line(2), _receipt_line(3, pad=3000)]
+    refused = synkafka(
+        "publish", "-X", "message.max.bytes=1000", *common,
+        input_text="\n".join(lines) + "\n",
+    )  # fmt: skip
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("synkafka: error: stdin: line 3: its record is "), line
+    assert "(producer message.max.bytes 1,000)" in line
+    assert line.endswith("; nothing was published"), line
+    assert _tokens_on_topic(common) == []
+
+
+def test_publish_with_a_mistyped_prefix_creates_no_topic(common: list[str]) -> None:
+    assert synkafka("topics", "ensure", "--stream", "receipts", *common).returncode == 0
+    typo = [*common[:3], common[3] + "-typo"]
+    refused = synkafka("publish", *typo, input_text=_receipt_line(1) + "\n")
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert f"topic {typo[3]}.positions does not exist" in line, line
+    assert f"the topic prefix in use is '{typo[3]}'" in line, line
+    assert line.endswith("; nothing was published"), line
+    described = synkafka("topics", "describe", "--stream", "receipts", *typo)
+    assert described.returncode == 1  # still missing: publish created nothing
+    assert "missing" in described.stdout
 
 
 @pytest.mark.parametrize(

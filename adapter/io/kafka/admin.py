@@ -56,6 +56,11 @@ class TopicState:
     config: Mapping[str, str]
 
 
+#: Refusals that mean "not allowed to look", not "broken".
+_NOT_AUTHORIZED = frozenset(
+    {"TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"}
+)
+
 # Errors of a group coordinator that is moving or loading its state: they pass.
 _COORDINATOR_SETTLING = frozenset(
     {"COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR"}
@@ -117,6 +122,37 @@ class Admin:
                 f"{self._timeout_s:g} s",
                 retriable=True,
             ) from exc
+
+    def existing_topics(self, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` exist, from metadata alone (any READ or WRITE grant will do)."""
+        try:
+            meta = self._client.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise _error(exc, "cannot list topics") from exc
+        return {n for n in names if n in meta.topics and meta.topics[n].error is None}
+
+    def max_message_bytes(self, names: Sequence[str]) -> dict[str, int]:
+        """Each topic's ``max.message.bytes``, for those this principal may describe.
+
+        Best effort: a principal without DescribeConfigs (a bridge's, say) gets an
+        empty answer, not an error; the broker still enforces the limit.
+        """
+        futures = self._client.describe_configs(
+            [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names],
+            request_timeout=self._timeout_s,
+        )
+        limits: dict[str, int] = {}
+        for resource, future in futures.items():
+            try:
+                entries = self._result(future, f"cannot describe {resource.name}")
+            except KafkaIOError as exc:
+                if exc.code in _NOT_AUTHORIZED:
+                    continue
+                raise
+            entry = entries.get("max.message.bytes")
+            if entry is not None and entry.value is not None:
+                limits[resource.name] = int(entry.value)
+        return limits
 
     def describe_topics(self, names: Sequence[str]) -> dict[str, TopicState]:
         """Partition count and every config of each named topic (missing ones too)."""
