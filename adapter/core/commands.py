@@ -17,8 +17,8 @@ with empty arguments. JSON inside a line is Synapse's compact, ASCII-only JSON.
 Two places where our model differs from a Synapse line:
 
 * **RDATA rows.** One :class:`RdataCommand` carries *every* row of one token, which is
-  how we publish on Kafka (docs/architecture.md: no ``batch`` sentinel). A parsed Synapse line
-  carries exactly one row, and its token is ``None`` for ``batch``. ``to_line()``
+  how we publish on Kafka: no ``batch`` sentinel there (docs/protocol.md, "batch"
+  rows). A parsed Synapse line carries exactly one row, and its token is ``None`` for ``batch``. ``to_line()``
   therefore only works for a one-row RDATA; ``to_lines()`` writes Synapse's batch form
   (every row but the last with ``batch``, the last with the token).
 * **Nulls.** Python ``None`` is never written as ``"None"``, except for the device id

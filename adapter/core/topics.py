@@ -343,16 +343,14 @@ def user_ip_key(user_id: str) -> str:
     return user_id
 
 
-def command_key(command: str, subject: str | None = None) -> str:
-    """Key a record on the commands topic: ``<COMMAND>`` or ``<COMMAND>/<subject>``.
+def command_key(command: str) -> str:
+    """Key a record on the commands topic: the command's name.
 
-    The subject is what must stay in order for that command (the federation sender's
-    instance name for FEDERATION_ACK, the lock for LOCK_RELEASED, the task ID for
-    NEW_ACTIVE_TASK/CANCEL_TASK); REPLICATE has none.
+    Every command of one name lands on one partition, so each keeps Synapse's order.
     """
     if not command:
         raise ConfigError("command name must not be empty")
-    return command if subject is None else f"{command}/{subject}"
+    return command
 
 
 # -- specs ----------------------------------------------------------------------------
