@@ -1,7 +1,9 @@
 """The consumer's start decision, per stream: where to read Kafka from and what first.
 
-Pure: the runtime reads the committed offsets, the pinned heads, the log start offsets
-and the database positions, and :func:`plan_stream_start` says what to do with them.
+Pure: the runtime reads the committed offsets and their metadata, the pinned heads, the
+log start offsets and the database positions; :func:`committed_tokens` and
+:func:`plan_stream_start` say what to do with them, and the runtime applies the
+:class:`StreamStart`.
 
 The cases (:class:`StartCase`):
 
@@ -28,13 +30,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from adapter.core.errors import DecodeError
+from adapter.core.positions import decode_commit_metadata
+
 __all__ = [
     "CatchUp",
+    "CommittedTokens",
     "InitialBackfill",
     "PartitionMark",
     "StartCase",
     "StartFrom",
     "StreamStart",
+    "committed_tokens",
     "plan_stream_start",
 ]
 
@@ -64,12 +71,54 @@ class PartitionMark:
         committed: the group's committed offset, or None without one.
         low: the log start offset (records below it were deleted by retention).
         head: the high watermark, pinned before the database positions were read.
+        metadata: the committed offset's metadata (our token map, or whatever
+            committed it by hand); None or empty without one.
     """
 
     partition: int
     committed: int | None
     low: int
     head: int
+    metadata: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedTokens:
+    """A stream's token map as its partitions' commits carry it.
+
+    Attributes:
+        tokens: per writer, the highest token any partition's metadata holds; None
+            when no partition has metadata of ours (no commit, or an offset reset by
+            hand).
+        foreign: ``(partition, reason)`` of each commit whose metadata is not ours.
+    """
+
+    tokens: dict[str, int] | None
+    foreign: tuple[tuple[int, str], ...] = ()
+
+
+def committed_tokens(stream: str, marks: Sequence[PartitionMark]) -> CommittedTokens:
+    """Read the stream's token map from the metadata of its partitions' commits.
+
+    Every partition of a stream carries the stream's whole map (the consumer commits
+    it on each), so the maps are merged by taking each writer's highest token.
+    """
+    tokens: dict[str, int] = {}
+    foreign: list[tuple[int, str]] = []
+    ours = False
+    for mark in marks:
+        if not mark.metadata:
+            continue
+        try:
+            decoded = decode_commit_metadata(mark.metadata)
+        except DecodeError as exc:
+            foreign.append((mark.partition, exc.reason))
+            continue
+        ours = True
+        for (name, writer), token in decoded.items():
+            if name == stream:
+                tokens[writer] = max(token, tokens.get(writer, token))
+    return CommittedTokens(tokens if ours else None, tuple(foreign))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +146,9 @@ class StreamStart:
         backfills: database reads to run, in order, before any record of the stream.
         lost: partitions whose committed offset is below the log start offset:
             retention deleted records this consumer had not read.
+        settle: per writer, the database position read at start; only with
+            ``unverified``: once the pinned head is reached, a writer still
+            unverified is backfilled up to it (``PositionTracker.settle_unverified``).
     """
 
     case: StartCase
@@ -106,6 +158,7 @@ class StreamStart:
     handled: Mapping[str, int] = field(default_factory=dict)
     backfills: tuple[InitialBackfill, ...] = ()
     lost: tuple[int, ...] = ()
+    settle: Mapping[str, int] = field(default_factory=dict)
 
 
 def plan_stream_start(
@@ -183,5 +236,11 @@ def plan_stream_start(
     if not lost:
         return StreamStart(StartCase.KAFKA, resume, tokens, handled=tokens)
     return StreamStart(
-        StartCase.KAFKA, resume, {}, unverified=tokens, handled=tokens, lost=lost
+        StartCase.KAFKA,
+        resume,
+        {},
+        unverified=tokens,
+        handled=tokens,
+        lost=lost,
+        settle=dict(db_positions),
     )
