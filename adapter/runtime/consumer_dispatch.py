@@ -191,6 +191,12 @@ class Dispatcher:
             return None
         if isinstance(got, RdataCommand):
             self._dead_letters.record(record_of(message), "RDATA without a token")
+        else:
+            # A valid record, but only RDATA and POSITION belong on a stream topic.
+            name = getattr(got, "NAME", "PRESENCE")
+            self._dead_letters.record(
+                record_of(message), f"{name} does not belong on a stream topic"
+            )
         batch.append(UpdateWork(tp, offset, None))
         return None
 

@@ -24,7 +24,7 @@ from confluent_kafka import Producer as RawProducer
 
 from adapter.codec.avro_codec import MAGIC, encode
 from adapter.core import topics
-from adapter.core.commands import RdataCommand
+from adapter.core.commands import RdataCommand, ReplicateCommand
 from adapter.core.config import KafkaSettings
 from adapter.core.rows import row_from_wire
 from adapter.devstack.services import PostgresCluster
@@ -87,6 +87,11 @@ BAD_RECORDS = [
         "RDATA of another stream",
         _rdata_for("receipts", ["!r:test", "m.read", "@u:test", "$e", None, {}]),
         "RDATA for another stream",
+    ),
+    BadRecord(
+        "a command that has no business on a stream topic",
+        encode(ReplicateCommand()),
+        "REPLICATE does not belong on a stream topic",
     ),
     BadRecord(
         "3 MB of garbage", b"\xc3\x01" + bytes(range(256)) * 11_719, "decode", True
