@@ -8,9 +8,9 @@ This module wires the local stack to the scenario and owns nothing else: it star
 picks the database (a SQLite file in the run folder by default), and hands the
 addresses to :class:`~adapter.devstack.demo.DemoScenario` with a spawner that starts
 children through :class:`~adapter.devstack.services._process.ManagedProcess` (parent-death
-signal, own session, log file). The scenario itself lives in
-:mod:`adapter.devstack.demo`; the layers contract keeps the runtime from importing the
-local stack, hence the wiring here.
+signal, own session, log file). The scenarios themselves live in
+:mod:`adapter.devstack.demo` and :mod:`adapter.devstack.demo_synapse` and start
+nothing but their children, so the wiring is here.
 
 Every process is stopped on the way out, also on Ctrl-C, SIGTERM or SIGHUP: the
 scenario stops its children in ``finally`` and the stack stops its services on exit.

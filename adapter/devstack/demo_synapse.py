@@ -1,9 +1,9 @@
 """``synkafka demo --with-synapse``: a real Synapse, ``synkafka bridge`` and ``consume``.
 
-:mod:`adapter.cli.demo` starts Kafka, Redis (and PostgreSQL), a real Synapse with
+:mod:`adapter.devstack.demo_run` starts Kafka, Redis (and PostgreSQL), a real Synapse with
 its worker, and hands :class:`SynapseDemo` the addresses, a spawner and a
 :class:`Traffic` (the Matrix users, from :mod:`adapter.devstack.services.matrix_client`;
-the runtime layer may not import the local stack, hence the injection). Steps:
+injected, so the scenario holds the steps and the runner picks the parts). Steps:
 
 1. ``synkafka topics ensure``; ``synkafka bridge --db <Synapse's DB>``; the users
    and the room; bob's ``/sync`` long-polls on the worker; a presence writer's view.

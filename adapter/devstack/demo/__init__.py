@@ -1,6 +1,6 @@
 """The demo scenario: a simulated homeserver, a real ``synkafka consume``, presence.
 
-``synkafka demo`` (:mod:`adapter.cli.demo`) starts the local services and hands their
+``synkafka demo`` (:mod:`adapter.devstack.demo_run`) starts the local services and hands their
 addresses to :class:`DemoScenario`, which runs the main job end to end and returns a
 :class:`DemoReport`:
 

@@ -59,7 +59,7 @@ _HEARTBEAT_S: Final = 1.0
 
 
 class DemoScenario:
-    """Runs the demo against running services; see the module docstring.
+    """Runs the demo against running services; see :mod:`adapter.devstack.demo`.
 
     Args:
         settings: addresses, sizes and timings.
