@@ -8,9 +8,9 @@ This module wires the local stack to the scenario and owns nothing else: it star
 picks the database (a SQLite file in the run folder by default), and hands the
 addresses to :class:`~adapter.devstack.demo.DemoScenario` with a spawner that starts
 children through :class:`~adapter.devstack.services._process.ManagedProcess` (parent-death
-signal, own session, log file). The scenario itself lives in
-:mod:`adapter.devstack.demo`; the layers contract keeps the runtime from importing the
-local stack, hence the wiring here.
+signal, own session, log file). The scenarios themselves live in
+:mod:`adapter.devstack.demo` and :mod:`adapter.devstack.demo_synapse` and start
+nothing but their children, so the wiring is here.
 
 Every process is stopped on the way out, also on Ctrl-C, SIGTERM or SIGHUP: the
 scenario stops its children in ``finally`` and the stack stops its services on exit.
@@ -23,10 +23,11 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from adapter.cli.demo_sizes import (
     DEFAULT_DURATION_S,
@@ -83,6 +84,60 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+class _Summary(Protocol):
+    """A finished run's report (both scenarios' reports fit)."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check passed."""
+        ...
+
+    def lines(self) -> list[str]:
+        """The summary, ready to print."""
+        ...
+
+
+def _folder(run_dir: Path | None, prefix: str) -> Path:
+    """The run folder: ``--run-dir``, or a new temporary one."""
+    folder = run_dir or Path(tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _display(live: bool | None, interval_s: float) -> Display:
+    """The live view on a terminal (or with ``--live``), plain lines otherwise."""
+    if live if live is not None else sys.stdout.isatty():
+        return LiveView(sys.stdout)
+    return PlainView(sys.stdout, interval_s=interval_s)
+
+
+def _run_and_summarise(
+    run: Callable[[], _Summary], started: float, what_started: str
+) -> int:
+    """Run a scenario with SIGTERM/SIGHUP as Ctrl-C, print its summary; the exit code.
+
+    Args:
+        run: starts the services and the scenario, stops them, returns the report.
+        started: when the demo started (monotonic), for the last line.
+        what_started: what besides the scenario the elapsed time includes.
+    """
+    try:
+        with _stop_signals_interrupt():
+            report = run()
+    except KeyboardInterrupt:
+        # The scenario and LocalStack.__exit__ have already stopped every process.
+        sys.stderr.write("Interrupted; every process was stopped.\n")
+        return 130
+    _say("")
+    for line in report.lines():
+        _say(line)
+    _say(
+        f"Stopped everything; the demo took {time.monotonic() - started:.1f} s "
+        f"({what_started} included)."
+    )
+    return 0 if report.ok else 1
+
+
 def run_simulated(
     *,
     postgres: bool,
@@ -95,23 +150,15 @@ def run_simulated(
 ) -> int:
     """The default run, a simulated homeserver (see :mod:`adapter.devstack.demo`); returns the exit code."""
     started = time.monotonic()
-    folder = run_dir or Path(tempfile.mkdtemp(prefix="synkafka-demo-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    display: Display = (
-        LiveView(sys.stdout)
-        if (live if live is not None else sys.stdout.isatty())
-        else PlainView(sys.stdout, interval_s=2.0 if quick else 3.0)
-    )
-    say = _say
-    say(
+    folder = _folder(run_dir, "synkafka-demo-")
+    display = _display(live, 2.0 if quick else 3.0)
+    _say(
         f"synkafka demo: Apache Kafka {KAFKA_VERSION}, "
         f"{'PostgreSQL' if postgres else 'SQLite'}, all on 127.0.0.1; files in {folder}"
     )
-    try:
-        with (
-            _stop_signals_interrupt(),
-            LocalStack(kafka=True, postgres=postgres, progress=say) as stack,
-        ):
+
+    def run() -> _Summary:
+        with LocalStack(kafka=True, postgres=postgres, progress=_say) as stack:
             if stack.kafka is None:
                 raise ServiceError("the local Kafka broker did not start")
             if stack.postgres is not None:
@@ -131,19 +178,9 @@ def run_simulated(
                 or (QUICK_DURATION_S if quick else DEFAULT_DURATION_S),
                 presence_expiry_s=presence_expiry or (3.0 if quick else 5.0),
             )
-            report = DemoScenario(settings, _spawn, display).run()
-    except KeyboardInterrupt:
-        # The scenario and LocalStack.__exit__ have already stopped every process.
-        sys.stderr.write("Interrupted; every process was stopped.\n")
-        return 130
-    say("")
-    for line in report.lines():
-        say(line)
-    say(
-        f"Stopped everything; the demo took {time.monotonic() - started:.1f} s "
-        "(local services included)."
-    )
-    return 0 if report.ok else 1
+            return DemoScenario(settings, _spawn, display).run()
+
+    return _run_and_summarise(run, started, "local services")
 
 
 def run_with_synapse(
@@ -156,26 +193,18 @@ def run_with_synapse(
 ) -> int:
     """The ``--with-synapse`` run (see :mod:`adapter.devstack.demo_synapse`); returns the exit code."""
     started = time.monotonic()
-    folder = run_dir or Path(tempfile.mkdtemp(prefix="synkafka-demo-synapse-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    display: Display = (
-        LiveView(sys.stdout)
-        if (live if live is not None else sys.stdout.isatty())
-        else PlainView(sys.stdout)
-    )
-    say = _say
+    folder = _folder(run_dir, "synkafka-demo-synapse-")
+    display = _display(live, 3.0)
     engine = "PostgreSQL" if postgres else "SQLite"
-    say(
+    _say(
         f"synkafka demo --with-synapse: Apache Kafka {KAFKA_VERSION}, Redis, a real "
         f"Synapse (main + worker1) on {engine}, all on 127.0.0.1; files in {folder}"
     )
-    try:
-        with (
-            _stop_signals_interrupt(),
-            LocalStack(
-                kafka=True, redis=True, postgres=postgres, progress=say
-            ) as stack,
-        ):
+
+    def run() -> _Summary:
+        with LocalStack(
+            kafka=True, redis=True, postgres=postgres, progress=_say
+        ) as stack:
             if stack.kafka is None or stack.redis is None:
                 raise ServiceError("the local Kafka broker or Redis did not start")
             db_dsn = (
@@ -196,15 +225,14 @@ def run_with_synapse(
                 run_dir=synapse_dir,
             ) as hs:
                 hs.start()
-                say(
+                _say(
                     f"Synapse: main {hs.client_url} and worker1 "
                     f"{hs.worker_client_url} ready in {time.monotonic() - hs_started:.1f} s."
                 )
-                dsn = db_dsn or f"sqlite:///{hs.sqlite_path}"
                 settings = SynapseDemoSettings(
                     demo=DemoSettings(
                         bootstrap=stack.kafka.bootstrap_servers,
-                        dsn=dsn,
+                        dsn=db_dsn or f"sqlite:///{hs.sqlite_path}",
                         run_dir=folder,
                         python=sys.executable,
                         server_name=hs.server_name,
@@ -218,15 +246,6 @@ def run_with_synapse(
                     hs.worker_client_url or hs.client_url,
                     hs.registration_shared_secret,
                 )
-                report = SynapseDemo(settings, _spawn, display, traffic).run()
-    except KeyboardInterrupt:
-        sys.stderr.write("Interrupted; every process was stopped.\n")
-        return 130
-    say("")
-    for line in report.lines():
-        say(line)
-    say(
-        f"Stopped everything; the demo took {time.monotonic() - started:.1f} s "
-        "(local services and Synapse included)."
-    )
-    return 0 if report.ok else 1
+                return SynapseDemo(settings, _spawn, display, traffic).run()
+
+    return _run_and_summarise(run, started, "local services and Synapse")

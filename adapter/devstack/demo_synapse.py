@@ -1,9 +1,9 @@
 """``synkafka demo --with-synapse``: a real Synapse, ``synkafka bridge`` and ``consume``.
 
-:mod:`adapter.cli.demo` starts Kafka, Redis (and PostgreSQL), a real Synapse with
+:mod:`adapter.devstack.demo_run` starts Kafka, Redis (and PostgreSQL), a real Synapse with
 its worker, and hands :class:`SynapseDemo` the addresses, a spawner and a
 :class:`Traffic` (the Matrix users, from :mod:`adapter.devstack.services.matrix_client`;
-the runtime layer may not import the local stack, hence the injection). Steps:
+injected, so the scenario holds the steps and the runner picks the parts). Steps:
 
 1. ``synkafka topics ensure``; ``synkafka bridge --db <Synapse's DB>``; the users
    and the room; bob's ``/sync`` long-polls on the worker; a presence writer's view.
@@ -24,27 +24,24 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Protocol
 
 from adapter.cli.demo_sizes import DEFAULT_MESSAGES, QUICK_MESSAGES
 from adapter.core.config import KafkaSettings
 from adapter.core.errors import ServiceError
-from adapter.core.rows import row_to_wire
-from adapter.devstack.demo import (
+from adapter.devstack.demo.checks import lag_totals, read_expected
+from adapter.devstack.demo.children import (
     ChildProcess,
     ConsumerChild,
-    DeliveryLog,
-    DemoSettings,
-    Display,
-    LagSampler,
     Spawn,
-    _all_passed,
-    _canonical,
-    _free_port,
-    _lag_text,
-    _log_tail,
+    stop_each,
 )
+from adapter.devstack.demo.deliveries import DeliveryLog
+from adapter.devstack.demo.lag_sampler import LagSampler
+from adapter.devstack.demo.report import RunReport, lag_text, verdict
+from adapter.devstack.demo.settings import DemoSettings
+from adapter.devstack.demo.views import Display
+from adapter.devstack.services._process import free_port, log_tail
 from adapter.io.kafka.consumer import Consumer
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.lag import LagRow
@@ -62,8 +59,6 @@ __all__ = [
 WORKER_NAME: Final = "worker1"
 _STOP_AT: Final = 0.30
 _RESTART_AT: Final = 0.60
-
-Key = tuple[str, str, int]
 
 
 class Traffic(Protocol):
@@ -105,10 +100,9 @@ class SynapseDemoSettings:
 
 
 @dataclass(slots=True)
-class SynapseDemoReport:
-    """The outcome; :meth:`lines` is the summary."""
+class SynapseDemoReport(RunReport):
+    """The outcome (the fields of :class:`RunReport` and more); :meth:`lines` is the summary."""
 
-    engine: str
     messages: int = 0
     actions: dict[str, int] = field(default_factory=dict)
     syncs: int = 0
@@ -119,23 +113,11 @@ class SynapseDemoReport:
     twice: int = 0
     unexpected_events: int = 0
     from_backfill: int = 0
-    lag_tokens: int | None = None
-    lag_messages: int | None = None
-    consumer_exits: list[int] = field(default_factory=list)
-    catch_up_s: float | None = None
     presence: str = ""
-    elapsed_s: float = 0.0
-    output: Path | None = None
-    checks: list[tuple[str, bool]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Whether every check passed (and there was at least one)."""
-        return _all_passed(self.checks)
 
     def lines(self) -> list[str]:
         """The summary, ready to print."""
-        lag = _lag_text(self.lag_tokens, self.lag_messages)
+        lag = lag_text(self.lag_tokens, self.lag_messages)
         acts = ", ".join(f"{k} {v}" for k, v in sorted(self.actions.items()))
         out = [
             (
@@ -155,23 +137,13 @@ class SynapseDemoReport:
             f"  lost rows             {self.lost:>7}   (rows in Synapse's tables missing from the JSON lines)",
             f"  unexpected events     {self.unexpected_events:>7}",
             f"  lag                   {lag}",
-            f"  consumer exit codes   {', '.join(map(str, self.consumer_exits)) or '-'}"
-            + (
-                f"; caught up {self.catch_up_s:.1f} s after the restart"
-                if self.catch_up_s is not None
-                else ""
-            ),
+            self.consumer_line(),
             f"  presence              {self.presence}",
             f"  JSON lines            {self.output}",
             f"  elapsed               {self.elapsed_s:.1f} s",
             "",
         ]
-        failed = [w for w, p in self.checks if not p]
-        out.append(
-            "FAILED: " + "; ".join(failed)
-            if failed
-            else f"All {len(self.checks)} checks passed."
-        )
+        out.append(verdict(self.checks))
         return out
 
 
@@ -212,16 +184,11 @@ class SynapseDemo:
         self._display.event(f"[{time.monotonic() - self._started:6.1f} s] {message}")
 
     def _check_children(self) -> None:
-        c = self._consumer
-        if c.process is not None and not c.process.running():
-            raise ServiceError(
-                f"synkafka consume exited with {c.process.returncode}:\n"
-                f"{_log_tail(c.log_path)}"
-            )
+        self._consumer.check_alive()
         if self._bridge is not None and not self._bridge.running():
             raise ServiceError(
                 f"synkafka bridge exited with {self._bridge.returncode}:\n"
-                f"{_log_tail(self._bridge_log)}"
+                f"{log_tail(self._bridge_log, 15)}"
             )
         if self._follower is not None and self._follower.failure is not None:
             raise ServiceError(f"the presence view failed: {self._follower.failure}")
@@ -285,10 +252,10 @@ class SynapseDemo:
         if ensure.returncode != 0:
             raise ServiceError(
                 f"synkafka topics ensure exited {ensure.returncode}:\n"
-                f"{_log_tail(d.run_dir / 'topics.log')}"
+                f"{log_tail(d.run_dir / 'topics.log', 15)}"
             )
         self._say(f"Topics: `synkafka topics ensure` created {d.prefix}.*.")
-        bridge_port = _free_port()
+        bridge_port = free_port()
         self._bridge = self._spawn(
             self._cli(
                 "bridge",
@@ -375,11 +342,7 @@ class SynapseDemo:
         end = self._positions()
 
         def delivered() -> bool:
-            return all(
-                self._deliveries.tokens.get(k, 0) >= t
-                for k, t in end.items()
-                if t > self._start.get(k, 0)
-            )
+            return self._deliveries.has_all(end, self._start)
 
         self._wait("every token in Synapse's tables to be delivered", delivered, 60)
         lag = self._lag
@@ -433,28 +396,10 @@ class SynapseDemo:
     def _check(self) -> None:
         r = self._report
         self._deliveries.poll()
-        lag_rows: list[LagRow] = self._lag.measure() if self._lag else []
-        r.lag_messages = sum(x.lag_messages for x in lag_rows) if lag_rows else None
-        tokens = [x.lag_tokens for x in lag_rows]
-        r.lag_tokens = (
-            sum(t for t in tokens if t is not None)
-            if lag_rows and None not in tokens
-            else None
+        r.lag_tokens, r.lag_messages = lag_totals(
+            self._lag.measure() if self._lag else []
         )
-        expected: dict[Key, tuple[str, ...]] = {}
-        reader = DatabaseReader(self._d.dsn)
-        try:
-            for stream in self._d.streams:
-                if not reader.has_source(stream):
-                    continue
-                for writer, position in sorted(reader.positions(stream).items()):
-                    start = self._start.get((stream, writer), 0)
-                    for token, typed in reader.read(stream, writer, start, position):
-                        expected[(stream, writer, token)] = _canonical(
-                            [row_to_wire(row) for row in typed]
-                        )
-        finally:
-            reader.close()
+        expected = read_expected(self._d.dsn, self._d.streams, self._start)
         delivered = self._deliveries.delivered
         for key, rows in expected.items():
             got = delivered.get(key, ())
@@ -523,11 +468,12 @@ class SynapseDemo:
             ("presence view", self._close_follower),
             ("lag", self._close_lag),
         ]
-        for name, step in steps:
-            try:
-                step()
-            except Exception:  # noqa: BLE001 - each part is stopped even if one fails
-                self._display.event(f"stopping the demo's {name} failed")
+        stop_each(
+            steps,
+            lambda name, _exc: self._display.event(
+                f"stopping the demo's {name} failed"
+            ),
+        )
 
     def _stop_bridge(self) -> None:
         if self._bridge is not None and self._bridge.running():

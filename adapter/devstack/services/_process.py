@@ -48,6 +48,7 @@ __all__ = [
     "poll_until",
     "port_open",
     "rss_bytes",
+    "run_command",
 ]
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,41 @@ def log_tail(path: Path, lines: int = 40) -> str:
     except OSError as exc:
         return f"(no log at {path}: {exc.strerror})"
     return "\n".join(data.splitlines()[-lines:])
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    on_timeout: str,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a setup command to its end: no stdin, output captured, any exit code.
+
+    Args:
+        argv: the command.
+        timeout_s: how long it may take.
+        on_timeout: the error message when it takes longer.
+        cwd: its working folder.
+        user: the OS user to run it as (``None``: this one).
+
+    Raises:
+        ServiceError: it did not finish within ``timeout_s``.
+    """
+    try:
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            cwd=cwd,
+            user=user,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceError(on_timeout) from exc
 
 
 def is_alive(pid: int) -> bool:

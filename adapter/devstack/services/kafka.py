@@ -34,6 +34,7 @@ from adapter.devstack.services._process import (
     cache_root,
     free_port,
     port_open,
+    run_command,
 )
 
 __all__ = [
@@ -343,21 +344,15 @@ def fetch_kafka(
             f"-DoutputDirectory={partial}",
             "-DincludeScope=runtime",
         ]
-        try:
-            result = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                check=False,
-                cwd=home,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ServiceError(
+        result = run_command(
+            argv,
+            timeout_s=timeout_s,
+            on_timeout=(
                 f"Maven did not fetch the Kafka {version} jars within {timeout_s:g} s; "
                 "check network access to Maven Central (or the mirror in ~/.m2/settings.xml)"
-            ) from exc
+            ),
+            cwd=home,
+        )
         if result.returncode != 0:
             reason = _first_error_line(result.stdout + "\n" + result.stderr)
             raise ServiceError(
@@ -556,19 +551,11 @@ class KafkaBroker(ManagedService):
             *self._format_args,
         ]
         started = time.monotonic()
-        try:
-            result = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=_FORMAT_TIMEOUT_S,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ServiceError(
-                f"Kafka storage format did not finish within {_FORMAT_TIMEOUT_S:g} s"
-            ) from exc
+        result = run_command(
+            argv,
+            timeout_s=_FORMAT_TIMEOUT_S,
+            on_timeout=f"Kafka storage format did not finish within {_FORMAT_TIMEOUT_S:g} s",
+        )
         output = (result.stdout + result.stderr).strip()
         (self.run_dir / "logs" / "format.log").write_text(output + "\n")
         if result.returncode != 0:

@@ -18,14 +18,13 @@ import os
 import pwd
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from adapter.core.errors import ServiceError
-from adapter.devstack.services._process import ManagedService, free_port
+from adapter.devstack.services._process import ManagedService, free_port, run_command
 
 __all__ = ["PostgresCluster", "find_postgres_bin"]
 
@@ -139,21 +138,13 @@ class PostgresCluster(ManagedService):
             "trust",
             "--no-sync",
         ]
-        try:
-            result = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=_INITDB_TIMEOUT_S,
-                check=False,
-                user=self._os_user,
-                cwd=self.run_dir,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ServiceError(
-                f"initdb did not finish within {_INITDB_TIMEOUT_S:g} s"
-            ) from exc
+        result = run_command(
+            argv,
+            timeout_s=_INITDB_TIMEOUT_S,
+            on_timeout=f"initdb did not finish within {_INITDB_TIMEOUT_S:g} s",
+            cwd=self.run_dir,
+            user=self._os_user,
+        )
         if result.returncode != 0:
             raise ServiceError(
                 f"initdb failed (exit {result.returncode}):\n"

@@ -409,7 +409,21 @@ class SynapseHomeserver(ManagedService):
         self.stop()  # a half-running pair (one process died) starts over
         self.write_config()
         baseline = self.subscriber_count()
-        self._main_subscribers = baseline + 1
+        self._launch_main(baseline + 1)
+        if self.with_worker:
+            try:
+                self._start_worker(baseline + 2)
+            except BaseException:
+                self.stop()
+                raise
+
+    def _launch_main(self, subscribers: int) -> None:
+        """Start the main process.
+
+        It counts as ready once ``/health`` answers and its Redis channel has at least
+        ``subscribers`` subscribers (the processes started before it, plus itself).
+        """
+        self._main_subscribers = subscribers
         self._launch(
             [
                 self.python,
@@ -419,12 +433,6 @@ class SynapseHomeserver(ManagedService):
                 str(self.config_path),
             ]
         )
-        if self.with_worker:
-            try:
-                self._start_worker(baseline + 2)
-            except BaseException:
-                self.stop()
-                raise
 
     def _probe(self) -> bool:
         return self._ready(self.client_url, self._main_subscribers)

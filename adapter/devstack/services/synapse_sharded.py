@@ -239,16 +239,7 @@ class ShardedSynapse(SynapseHomeserver):
         self.write_config()
         baseline = self.subscriber_count()
         try:
-            self._main_subscribers = baseline + 1
-            self._launch(
-                [
-                    self.python,
-                    "-m",
-                    "synapse.app.homeserver",
-                    "--config-path",
-                    str(self.config_path),
-                ]
-            )
+            self._launch_main(baseline + 1)
             # Workers refuse an empty database ("run the main synapse process to
             # prepare the database schema"), so they start once main is ready; all
             # of them at once, since they do not need each other.
