@@ -150,10 +150,14 @@ RdataDecision: TypeAlias = Buffered | Publish | Drop | Repair
 PositionDecision: TypeAlias = PublishPosition
 
 _BUFFERED: Final = Buffered()
-# One Publish per live record: built without the frozen __init__.
+# One Publish per live record, one PublishPosition per POSITION: built without the
+# frozen __init__.
 _publish: Final[Callable[[RdataCommand, Unrepaired | None], Publish]] = frozen_maker(
     Publish
 )
+_publish_position: Final[
+    Callable[[PositionCommand, Repair | Unrepaired | None], PublishPosition]
+] = frozen_maker(PublishPosition)
 
 
 class BridgeRules:
@@ -231,7 +235,7 @@ class BridgeRules:
         self._pending.pop(key, None)
         last = self._published.get(key)
         if last is None or command.prev_token <= last:
-            return PublishPosition(command)
+            return _publish_position(command, None)
         gap: Repair | Unrepaired
         if self._database:
             gap = Repair(key[0], key[1], last, command.new_token)
