@@ -42,17 +42,17 @@ reads a database, a clock or a socket.
 * **Rule 6: commit metadata is the consumer's POSITION.** :func:`encode_commit_metadata`
   packs the token map into the string Kafka stores next to a committed offset.
 
-:func:`join_batches` is the pure helper for the bridge, which reads Synapse's
-``batch``-token RDATA lines and must join them into one record per token.
+The bridge joins Synapse's ``batch``-token RDATA lines into one record per token
+(:mod:`adapter.core.bridge_rules`), so every RDATA record seen here is one token.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Generic, NamedTuple, TypeAlias, TypeVar
+from typing import Final, TypeAlias
 
 from adapter.core.errors import DecodeError, EncodeError, PositionError
 
@@ -62,19 +62,15 @@ __all__ = [
     "SYNAPSE_IN_MEMORY_STREAMS",
     "Apply",
     "Backfill",
-    "Batch",
     "Decision",
     "Drop",
     "DropReason",
     "Gap",
-    "PositionItem",
     "PositionTracker",
-    "RdataItem",
     "Reset",
     "StreamWriter",
     "decode_commit_metadata",
     "encode_commit_metadata",
-    "join_batches",
 ]
 
 #: A (stream name, writer instance name) pair: the unit of ordering and of state.
@@ -104,6 +100,8 @@ class DropReason(enum.StrEnum):
     STALE_POSITION = "stale_position"
     #: POSITION with prev > new: no writer sends that; the record is bad.
     MALFORMED_POSITION = "malformed_position"
+    #: (The bridge) live RDATA whose token the repair it asked for read back.
+    REPAIRED = "repaired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,89 +656,3 @@ def decode_commit_metadata(text: str) -> dict[StreamWriter, int]:
                 )
             tokens[stream, writer] = token
     return tokens
-
-
-# -- joining Synapse batches ------------------------------------------------------------
-
-_Row = TypeVar("_Row")
-
-
-class RdataItem(NamedTuple, Generic[_Row]):
-    """One Synapse RDATA line: a row, with ``token=None`` for Synapse's ``batch``."""
-
-    stream: str
-    writer: str
-    token: int | None
-    row: _Row
-
-
-class PositionItem(NamedTuple):
-    """One Synapse POSITION line, as far as batching cares."""
-
-    stream: str
-    writer: str
-    prev_token: int
-    new_token: int
-
-
-class Batch(NamedTuple, Generic[_Row]):
-    """All rows one writer wrote at one token: what one Kafka RDATA record holds."""
-
-    stream: str
-    writer: str
-    token: int
-    rows: tuple[_Row, ...]
-
-
-def join_batches(
-    items: Iterable[tuple[str, str, int | None, _Row] | PositionItem],
-) -> Iterator[Batch[_Row] | PositionItem]:
-    """Join Synapse's ``batch`` RDATA rows into one :class:`Batch` per token.
-
-    Synapse sends the rows of one token as several RDATA lines, every one but the last
-    with the token ``batch`` (``None`` here). Pending rows are buffered per
-    (stream, writer), not per stream as Synapse does: two writers of one stream may
-    interleave their batches (Synapse sends a token's rows as several lines). A POSITION for a (stream, writer)
-    drops that writer's pending rows, as Synapse does, because the POSITION's
-    catch-up reads them again; the POSITION itself is passed through in order.
-    Rows still pending when the input ends are dropped for the same reason.
-
-    Example::
-
-        >>> items = [
-        ...     ("caches", "master", None, "a"),
-        ...     ("caches", "w1", None, "x"),
-        ...     ("caches", "master", 54, "b"),
-        ...     ("caches", "w1", 55, "y"),
-        ...     ("caches", "w1", None, "lost"),
-        ...     PositionItem("caches", "w1", 55, 57),
-        ... ]
-        >>> for out in join_batches(items):
-        ...     print(tuple(out))
-        ('caches', 'master', 54, ('a', 'b'))
-        ('caches', 'w1', 55, ('x', 'y'))
-        ('caches', 'w1', 55, 57)
-
-    Args:
-        items: RDATA rows as ``(stream, writer, token | None, row)`` tuples (for
-            example :class:`RdataItem`) and :class:`PositionItem` s, in arrival order.
-
-    Yields:
-        A :class:`Batch` for every RDATA line with a token, and every
-        :class:`PositionItem` unchanged.
-    """
-    pending: dict[StreamWriter, list[_Row]] = {}
-    for item in items:
-        if isinstance(item, PositionItem):
-            # Synapse clears the batch on POSITION: the catch-up it triggers re-reads
-            # those rows, and keeping them would attach them to a later token.
-            pending.pop((item.stream, item.writer), None)
-            yield item
-            continue
-        stream, writer, token, row = item
-        if token is None:
-            pending.setdefault((stream, writer), []).append(row)
-            continue
-        rows = pending.pop((stream, writer), [])
-        rows.append(row)
-        yield Batch(stream, writer, token, tuple(rows))

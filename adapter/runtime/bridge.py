@@ -38,6 +38,10 @@ on, so the Kafka log holds every token; live RDATA at or below the repaired toke
 then a duplicate and dropped. Without a database it publishes what it has and counts
 the gap (``synkafka_bridge_gaps{outcome="unrepaired"}``); consumers then backfill.
 
+These rules (and the batch joining) are decided by the pure
+:class:`~adapter.core.bridge_rules.BridgeRules`; this module is its shell: it feeds the
+lines in and carries the decisions out.
+
 The bridge never writes RDATA or POSITION into Redis; its only Redis command is
 ``REPLICATE`` after each (re)connect.
 """
@@ -53,6 +57,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from adapter.core import topics
+from adapter.core.bridge_rules import BridgeRules, Repair, Unrepaired
+from adapter.core.bridge_rules import Publish as PublishRdata
 from adapter.core.bridged_presence import BridgedPresence, Gone, Publish
 from adapter.core.commands import (
     ClearUserSyncsCommand,
@@ -169,10 +175,7 @@ class Bridge:
         self._reader: BackfillReader | None = None
         self.database = database or DependencyStatus()
         """The last outcome of opening or reading the database (for ``/health``)."""
-        self._published: dict[tuple[str, str], int] = dict(published or {})
-        self._pending: dict[tuple[str, str], list[Row]] = {}
-        # (stream, writer) keys not heard from since the last reconnect.
-        self._suspect: set[tuple[str, str]] = set()
+        self._rules = BridgeRules(published=published, database=open_reader is not None)
         self._now_ms = now_ms
         self._presence = BridgedPresence(**(presence_windows or {}))
         self._presence.seed(presence or {}, now_ms())
@@ -203,7 +206,7 @@ class Bridge:
     @property
     def published(self) -> dict[tuple[str, str], int]:
         """The last token published per (stream, writer) (a copy)."""
-        return dict(self._published)
+        return self._rules.snapshot()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -271,10 +274,7 @@ class Bridge:
     def _on_reconnect(self) -> None:
         # Whatever was published while we were away is lost on Redis: every key is
         # suspect until its next command shows whether anything is missing.
-        self._suspect = set(self._published)
-        # Batches cut by the disconnect are incomplete; Synapse drops them too (the
-        # repair reads those tokens whole from the database).
-        self._pending.clear()
+        self._rules.reconnected()
         if self._subscriber.connects > 1:
             self.stats.reconnects += 1
             self._metrics.reconnects.labels("redis").inc()
@@ -323,66 +323,49 @@ class Bridge:
         commands[name, stream] = commands.get((name, stream), 0) + 1
 
     def _on_rdata(self, command: RdataCommand, received_s: float) -> None:
-        key = (command.stream_name, command.instance_name)
-        token = command.token
-        if token is None:
-            self._pending.setdefault(key, []).extend(command.rows)
-            return
-        batch = self._pending.pop(key, None)
-        last = self._published.get(key)
-        if last is not None and token <= last:
-            # Already on Kafka (repaired from the database, or re-sent).
-            return
-        if key in self._suspect:
-            self._suspect.discard(key)
-            # The first RDATA after a reconnect: rows of the tokens in between, and
-            # of this token if part of its batch went by during the outage, may be
-            # lost. With a database, read them all; the live rows are used only if
-            # the database no longer has this token (overwritten or deleted rows).
-            # Without one, only a jump is a gap worth counting.
-            if (
-                last is not None
-                and (token > last + 1 or self._open_reader is not None)
-                and self._repair(key, last, token) == token
-            ):
-                return
-        if batch is not None:
-            command = RdataCommand(
-                command.stream_name,
-                command.instance_name,
-                token,
-                (*batch, *command.rows),
-            )
+        decision = self._rules.rdata(command)
+        if type(decision) is PublishRdata:
+            if decision.gap is not None:
+                self._unrepaired(decision.gap, decision.gap.from_token)
+            self._publish_rdata(decision.command, received_s)
+        elif isinstance(decision, Repair):
+            # With a database every first RDATA after a reconnect is checked: its
+            # batch may be cut too. The live rows are used only if the database no
+            # longer has this token (overwritten or deleted rows).
+            self._repair(decision)
+            follow = self._rules.after_repair(decision)
+            if isinstance(follow, PublishRdata):
+                self._publish_rdata(follow.command, received_s)
+        # Otherwise buffered (a `batch` line) or dropped: nothing to publish.
+
+    def _publish_rdata(self, command: RdataCommand, received_s: float) -> None:
         self._publisher.publish(command, received_s=received_s)
-        self._published[key] = token
+        self._rules.published(command)
         if command.stream_name == "presence":
             self._on_presence_rows(command.rows)
 
     def _on_position(self, command: PositionCommand, received_s: float) -> None:
-        key = (command.stream_name, command.instance_name)
-        self._suspect.discard(key)
-        # A POSITION ends any batch of this writer: Synapse re-reads such rows.
-        self._pending.pop(key, None)
-        last = self._published.get(key)
-        if last is not None and command.prev_token > last:
-            self._repair(key, last, command.new_token)
+        decision = self._rules.position(command)
+        gap = decision.gap
+        if isinstance(gap, Repair):
+            self._repair(gap)
+        elif gap is not None:
+            self._unrepaired(gap, gap.from_token)
         self._publisher.publish(command, received_s=received_s)
-        # Below `last` only when an in-memory stream restarted (typing): follow it.
-        self._published[key] = command.new_token
+        self._rules.published(command)
 
-    def _repair(self, key: tuple[str, str], from_token: int, to_token: int) -> int:
+    def _repair(self, repair: Repair) -> None:
         """Publish the writer's rows in (from_token, to_token] from the database.
 
-        Returns:
-            The highest token published from the database (``from_token`` when
-            nothing was, because there is no database, the stream has no database
-            source, the rows are gone or the read failed; the gap is then counted).
+        What cannot be read (no database, the stream has no database source, the
+        rows are gone or the read failed) is counted as an unrepaired gap.
         """
-        stream, writer = key
+        stream, writer = repair.stream, repair.writer
+        from_token, to_token = repair.from_token, repair.to_token
         reader = self._reader_or_none()
         if reader is None or not reader.has_source(stream):
-            self._unrepaired(key, from_token, to_token, "cannot be read back")
-            return from_token
+            self._unrepaired(repair, from_token)
+            return
         rows = 0
         top = from_token
         # A long catch-up (a bridge restarted after hours) shows its progress: a live
@@ -395,8 +378,10 @@ class Bridge:
             reporter.start()
         try:
             for token, typed_rows in reader.read(stream, writer, from_token, to_token):
-                self._publisher.publish(RdataCommand(stream, writer, token, typed_rows))
-                self._published[key] = top = token
+                command = RdataCommand(stream, writer, token, typed_rows)
+                self._publisher.publish(command)
+                self._rules.published(command)
+                top = token
                 rows += len(typed_rows)
         except ConfigError:
             raise  # not Synapse's database, or wrong credentials: the command ends
@@ -405,8 +390,8 @@ class Bridge:
                 self.database.failed(str(exc))
             self._close_reader()
             logger.warning("%s/%s: gap repair failed: %s", stream, writer, exc)
-            self._unrepaired(key, top, to_token, "could not be read")
-            return top
+            self._unrepaired(repair, top, "could not be read")
+            return
         finally:
             if reporter is not None:
                 reporter.stop()
@@ -425,19 +410,22 @@ class Bridge:
             to_token,
             rows,
         )
-        return top
 
     def _unrepaired(
-        self, key: tuple[str, str], from_token: int, to_token: int, why: str
+        self,
+        gap: Repair | Unrepaired,
+        from_token: int,
+        why: str = "cannot be read back",
     ) -> None:
+        """Count and log the writer's tokens in (from_token, gap.to_token] as lost."""
         self.stats.unrepaired_gaps += 1
-        self._metrics.bridge_gaps.labels(key[0], "unrepaired").inc()
+        self._metrics.bridge_gaps.labels(gap.stream, "unrepaired").inc()
         logger.warning(
             "%s/%s: tokens (%d, %d] may be missing and %s",
-            key[0],
-            key[1],
+            gap.stream,
+            gap.writer,
             from_token,
-            to_token,
+            gap.to_token,
             why,
         )
 

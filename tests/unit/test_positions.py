@@ -1,9 +1,8 @@
-"""The catch-up state machine, commit metadata and batch joining (adapter/core/positions.py)."""
+"""The catch-up state machine and commit metadata (adapter/core/positions.py)."""
 
 from __future__ import annotations
 
-import doctest
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias, assert_never
 
@@ -11,25 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapter.core import positions
 from adapter.core.errors import DecodeError, EncodeError, PositionError
 from adapter.core.positions import (
     MAX_COMMIT_METADATA_BYTES,
     SYNAPSE_IN_MEMORY_STREAMS,
     Apply,
     Backfill,
-    Batch,
     Decision,
     Drop,
     DropReason,
     Gap,
-    PositionItem,
     PositionTracker,
-    RdataItem,
     Reset,
     decode_commit_metadata,
     encode_commit_metadata,
-    join_batches,
 )
 
 DATABASE_STREAMS = ("events", "receipts", "caches")
@@ -211,27 +205,6 @@ def test_transcript(name: str) -> None:
     tracker = PositionTracker(database_streams=DATABASE_STREAMS, tokens=seeds)
     for index, (step, expected) in enumerate(steps):
         assert run(tracker, step) == expected, f"step {index}: {step}"
-
-
-def test_rows_of_a_batch_apply_once_as_one_token() -> None:
-    tracker = PositionTracker(
-        database_streams=DATABASE_STREAMS, tokens={("caches", "master"): 53}
-    )
-    batches = list(
-        join_batches(
-            [
-                ("caches", "master", None, "r1"),
-                ("caches", "master", None, "r2"),
-                ("caches", "master", 54, "r3"),
-            ]
-        )
-    )
-    assert batches == [Batch("caches", "master", 54, ("r1", "r2", "r3"))]
-    batch = batches[0]
-    assert isinstance(batch, Batch)
-    assert tracker.observe_rdata(
-        batch.stream, batch.writer, batch.token, len(batch.rows)
-    ) == Apply("caches", "master", 54, 3)
 
 
 def test_in_memory_streams_are_the_synapse_ones() -> None:
@@ -497,60 +470,6 @@ def test_metadata_round_trips_any_names_and_longs(
     text = encode_commit_metadata(tokens, max_bytes=1 << 20)
     assert text.isascii()
     assert decode_commit_metadata(text) == tokens
-
-
-# -- join_batches --------------------------------------------------------------------------
-
-
-def test_join_batches_buffers_per_stream_and_writer() -> None:
-    items: list[tuple[str, str, int | None, str] | PositionItem] = [
-        RdataItem("receipts", "w1", None, "a1"),
-        RdataItem("receipts", "w2", None, "b1"),
-        RdataItem("receipts", "w1", None, "a2"),
-        RdataItem("receipts", "w2", 8, "b2"),
-        RdataItem("receipts", "w1", 9, "a3"),
-        ("typing", "master", 3, "t"),
-    ]
-    assert list(join_batches(items)) == [
-        Batch("receipts", "w2", 8, ("b1", "b2")),
-        Batch("receipts", "w1", 9, ("a1", "a2", "a3")),
-        Batch("typing", "master", 3, ("t",)),
-    ]
-
-
-def test_join_batches_position_clears_only_its_writer() -> None:
-    position = PositionItem("caches", "w1", 55, 57)
-    items: list[tuple[str, str, int | None, str] | PositionItem] = [
-        ("caches", "w1", None, "dropped"),
-        ("caches", "w2", None, "kept"),
-        position,
-        ("caches", "w1", 58, "x"),
-        ("caches", "w2", 60, "y"),
-        ("caches", "w2", None, "pending at the end"),
-    ]
-    assert list(join_batches(items)) == [
-        position,
-        Batch("caches", "w1", 58, ("x",)),
-        Batch("caches", "w2", 60, ("kept", "y")),
-    ]
-
-
-def test_join_batches_is_lazy() -> None:
-    def endless() -> Iterator[tuple[str, str, int | None, int]]:
-        token = 0
-        while True:
-            token += 1
-            yield ("events", "master", token, token)
-
-    joined = join_batches(endless())
-    assert next(joined) == Batch("events", "master", 1, (1,))
-    assert next(joined) == Batch("events", "master", 2, (2,))
-
-
-def test_docstring_examples_hold() -> None:
-    results = doctest.testmod(positions)
-    assert results.attempted > 0
-    assert results.failed == 0
 
 
 @settings(max_examples=300)
