@@ -26,9 +26,7 @@ committed offset and replay what Kafka still holds.
 
 from __future__ import annotations
 
-import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -91,8 +89,6 @@ from adapter.runtime.stream_worker import (
 )
 
 __all__ = [
-    "GC_THRESHOLD",
-    "SWITCH_INTERVAL_S",
     "CatchUp",
     "ConsumerOptions",
     "ReplicationConsumer",
@@ -101,22 +97,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Every row makes a few short-lived objects. With CPython's default thresholds
-# (700, 10, 10) the collector runs every few hundred rows, and its full collections
-# over a large heap stall the poll loop for 100-300 ms: that was the whole p99 of
-# publish-to-handler latency (docs/benchmarks.md). Rows are freed by reference
-# counting, not the cycle collector, so collecting far less often costs nothing.
-GC_THRESHOLD = (50_000, 20, 100)
-
-SWITCH_INTERVAL_S = 0.02
-"""CPython's GIL switch interval while consuming (the default is 5 ms).
-
-The poll loop and the stream workers share one GIL. At the default a busy worker is
-made to hand the GIL back every 5 ms, mostly to a poll loop that has little to do
-before the worker needs it again; measured with ``bench.consume`` at 500,000 rows,
-20 ms gave 5 to 15% more rows/s. Threads that wait (a worker on its queue, the
-poll loop in librdkafka) release the GIL at once regardless, so at live rates the
-interval does not add latency (``bench.latency``)."""
 TP = tuple[str, int]
 
 
@@ -144,11 +124,6 @@ class ConsumerOptions:
         fatal_attempts: setup attempts before an error that will not heal by itself
             (authentication, authorization) ends the run.
         kafka_extra: extra librdkafka properties for the consumer.
-        gc_threshold: CPython collector thresholds while running (process-wide,
-            restored on return); None leaves them alone.
-        switch_interval_s: CPython's GIL switch interval while running
-            (process-wide, restored on return; see :data:`SWITCH_INTERVAL_S`); None
-            leaves it alone.
     """
 
     prefix: str
@@ -164,8 +139,6 @@ class ConsumerOptions:
     shutdown_timeout_s: float = 30.0
     fatal_attempts: int = 3
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
-    gc_threshold: tuple[int, int, int] | None = GC_THRESHOLD
-    switch_interval_s: float | None = SWITCH_INTERVAL_S
 
 
 @dataclass(slots=True)
@@ -302,23 +275,17 @@ class ReplicationConsumer:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; retry failures with backoff.
 
+        Process-wide interpreter settings are left alone: the process owner may apply
+        :func:`adapter.runtime.interpreter.tuned` around this call, as ``synkafka
+        consume`` does.
+
         Raises:
             AdapterError: a failure that retrying cannot fix (bad credentials after
                 ``fatal_attempts`` tries, a handler that keeps failing with the
                 ``stop`` policy).
         """
         self._stop_event = stop
-        previous_gc = gc.get_threshold()
-        previous_switch = sys.getswitchinterval()
-        if self._options.gc_threshold is not None:
-            gc.set_threshold(*self._options.gc_threshold)
-        if self._options.switch_interval_s is not None:
-            sys.setswitchinterval(self._options.switch_interval_s)
-        try:
-            self._run_with_retries(stop)
-        finally:
-            gc.set_threshold(*previous_gc)
-            sys.setswitchinterval(previous_switch)
+        self._run_with_retries(stop)
 
     def _run_with_retries(self, stop: threading.Event) -> None:
         fatal_failures = 0
