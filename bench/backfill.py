@@ -7,7 +7,7 @@ spread over 500 rooms, then reads them all back, ``--repeat`` times each, interl
 * **ours**: ``DatabaseReader.read("events", writer, 0, last)``: what a consumer's
   stream worker iterates, ``(token, typed rows)`` per token, every row touched;
 * **floor**: psycopg 3 with a plain cursor running the *same SQL* as the events
-  source's main query (``adapter.io.db.sources`` ``_NEW_EVENTS``, same page size, same
+  source's main query (``adapter.io.db.sources.events`` ``NEW_EVENTS``, same page size, same
   bounds), ``fetchall()`` per page, the next page from the page's highest token;
   rows are counted, nothing else;
 * **one query** (reference): the same SQL once for the whole range, one ``fetchall()``.
@@ -31,7 +31,8 @@ import psycopg
 
 from adapter.devstack.writer import SynapseWriter
 from adapter.io.db.connection import connect
-from adapter.io.db.sources import _NEW_EVENTS, DEFAULT_PAGE_SIZE
+from adapter.io.db.sources import DEFAULT_PAGE_SIZE
+from adapter.io.db.sources.events import NEW_EVENTS
 from adapter.io.db.synapse_schema import create_synapse_tables
 from adapter.runtime.backfill import DatabaseReader
 from bench._common import (
@@ -76,7 +77,7 @@ def run_ours(dsn: str, lo: int, hi: int, rows: int) -> float:
 
 
 def _sql() -> str:
-    return _NEW_EVENTS.range_sql(per_writer=True).replace("?", "%s")
+    return NEW_EVENTS.range_sql(per_writer=True).replace("?", "%s")
 
 
 def run_floor(dsn: str, lo: int, hi: int, rows: int) -> float:

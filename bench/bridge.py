@@ -45,6 +45,7 @@ from adapter.devstack.services import KafkaBroker, RedisServer
 from adapter.io.kafka.producer import Producer
 from adapter.io.metrics import CollectorRegistry, Metrics
 from adapter.io.redis import ReplicationSubscriber
+from adapter.runtime import interpreter
 from adapter.runtime.bridge import Bridge
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from tests.integration.harness import ensure_topics
@@ -243,7 +244,13 @@ def main() -> None:
             ),
         )
         stop = threading.Event()
-        thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
+
+        def run() -> None:
+            # Tuned as `synkafka bridge` tunes its process.
+            with interpreter.tuned(switch_interval_s=None):
+                bridge.run(stop)
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 30
         while bridge.stats.lines == 0 and time.monotonic() < deadline:

@@ -42,6 +42,7 @@ from adapter.core import topics
 from adapter.core.config import KafkaSettings
 from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG
 from adapter.io.metrics import Metrics
+from adapter.runtime import interpreter
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
 from bench._common import (
     STREAMS,
@@ -84,7 +85,9 @@ def run_ours(bootstrap: str, prefix: str, rows: int) -> float:
 
     def target() -> None:
         try:
-            consumer.run(stop)
+            # Tuned as `synkafka consume` tunes its process (the floor runs untuned).
+            with interpreter.tuned():
+                consumer.run(stop)
         except BaseException as exc:  # noqa: BLE001 (re-raised in the main thread)
             errors.append(exc)
             counter.done.set()

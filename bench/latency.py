@@ -34,6 +34,7 @@ from adapter.core.ports import StreamUpdate
 from adapter.core.rows import EventsEventRow
 from adapter.io.kafka.producer import Producer
 from adapter.io.metrics import Metrics
+from adapter.runtime import interpreter
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
 from adapter.runtime.publisher import Publisher
 from bench._common import STREAMS, ensure_topics, header, kafka, new_prefix, spread
@@ -130,7 +131,13 @@ def run_once(bootstrap: str, rate: int, seconds: float) -> dict[str, float]:
         metrics=Metrics(CollectorRegistry()),
     )
     stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+
+    def run() -> None:
+        # Tuned as `synkafka consume` tunes its process.
+        with interpreter.tuned():
+            consumer.run(stop)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not (consumer.caught_up() and all(consumer.caught_up().values())):

@@ -29,6 +29,7 @@ from adapter.core.errors import ConfigError
 from adapter.core.ports import Handler
 from adapter.core.rows import STREAM_NAMES
 from adapter.io.metrics import default_metrics
+from adapter.runtime import interpreter
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer, StartFrom
 from adapter.runtime.db_probe import DatabaseProbe
@@ -207,7 +208,10 @@ def consume(
     if probe is not None:
         probe.start()
     try:
-        consumer.run(stop)
+        # This command owns the process, so it may tune the interpreter for the
+        # consumer's threads (see adapter.runtime.interpreter).
+        with interpreter.tuned():
+            consumer.run(stop)
     finally:
         if probe is not None:
             probe.stop()

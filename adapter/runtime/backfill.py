@@ -4,6 +4,11 @@ It joins the database sources (:mod:`adapter.io.db.sources`) to the typed rows o
 :mod:`adapter.core.rows`, grouping the rows of one token into one update, as a Kafka RDATA
 record carries them. Table sources build typed rows themselves (no wire form in
 between); other sources speak Synapse's wire rows, typed here.
+
+Pages are fetched and typed with CPython's cycle collector paused
+(:func:`~adapter.runtime.interpreter.gc_paused`). That is decided here, in the runtime,
+and not in the database sources: the collector belongs to the process, and the pause
+is shared with the read-ahead thread, which the sources know nothing about.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from adapter.io.db.sources import (
     SourceRegistry,
     SqlStreamSource,
     builtin_registry,
-    gc_paused,
     iter_fetched_pages,
     iter_pages,
     typed_row,
 )
+from adapter.runtime.interpreter import gc_paused
 
 __all__ = ["DatabaseReader"]
 
@@ -65,6 +70,23 @@ def _group(
 
 _T = TypeVar("_T")
 _END: Final = object()
+
+
+def each_gc_paused(items: Iterator[_T]) -> Generator[_T, None, None]:
+    """Iterate ``items`` with CPython's cycle collector paused while each item is made.
+
+    A backfill page is fetched and typed with the collector paused (see
+    :func:`~adapter.runtime.interpreter.gc_paused`: it was most of the row-building
+    time); the handlers that run between pages see it enabled, unless another thread
+    (the read-ahead one) is inside a pause at that moment.
+    """
+    while True:
+        with gc_paused():
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
 
 
 def prefetched(
@@ -185,16 +207,20 @@ class DatabaseReader:
                 to_token,
                 self._page_size,
             )
-            for fetched in prefetched(pages, f"{stream_name}/{instance_name}"):
-                yield from source.groups_of(fetched).groups
+            for fetched in prefetched(
+                each_gc_paused(pages), f"{stream_name}/{instance_name}"
+            ):
+                with gc_paused():
+                    groups = source.groups_of(fetched).groups
+                yield from groups
             return
         token: int | None = None
         rows: list[Any] = []
-        for page in iter_pages(
-            self._conn, source, instance_name, from_token, to_token, self._page_size
+        for page in each_gc_paused(
+            iter_pages(
+                self._conn, source, instance_name, from_token, to_token, self._page_size
+            )
         ):
-            # Typed rows are built a page at a time with the cyclic collector paused
-            # (see gc_paused); handlers run between pages with it enabled.
             with gc_paused():
                 done, token, rows, error = _group(stream_name, page.rows, token, rows)
             yield from done

@@ -48,7 +48,6 @@ The bridge never writes RDATA or POSITION into Redis; its only Redis command is
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -81,7 +80,6 @@ from adapter.core.rows import PresenceRow, Row
 from adapter.io.kafka.producer import Producer
 from adapter.io.metrics import HistogramBatch, Metrics
 from adapter.io.redis import RedisMessage, ReplicationSubscriber
-from adapter.runtime.consumer import GC_THRESHOLD
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import DependencyStatus
 from adapter.runtime.presence_view import TOMBSTONE_HEADER
@@ -213,18 +211,14 @@ class Bridge:
     def run(self, stop: threading.Event) -> None:
         """Bridge until ``stop`` is set, then flush everything.
 
-        While it runs, CPython's collector thresholds are raised as the consumer
-        does (see ``adapter.runtime.consumer.GC_THRESHOLD``) and restored after.
+        Process-wide interpreter settings are left alone: the process owner may apply
+        :func:`adapter.runtime.interpreter.tuned` around this call, as ``synkafka
+        bridge`` does.
 
         Raises:
             KafkaIOError: Kafka failed (the caller restarts with backoff).
         """
-        previous = gc.get_threshold()
-        gc.set_threshold(*GC_THRESHOLD)
-        try:
-            self._run(stop)
-        finally:
-            gc.set_threshold(*previous)
+        self._run(stop)
 
     def _run(self, stop: threading.Event) -> None:
         producer = self._producer

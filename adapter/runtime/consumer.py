@@ -34,9 +34,7 @@ parts: :mod:`~adapter.runtime.consumer_options` (what to follow and how),
 
 from __future__ import annotations
 
-import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -61,8 +59,6 @@ from adapter.runtime.consumer_commit import OffsetCommits
 from adapter.runtime.consumer_dead_letters import ConsumerDeadLetters
 from adapter.runtime.consumer_dispatch import Dispatcher
 from adapter.runtime.consumer_options import (
-    GC_THRESHOLD,
-    SWITCH_INTERVAL_S,
     CatchUp,
     ConsumerOptions,
     StartFrom,
@@ -80,8 +76,6 @@ from adapter.runtime.progress import Progress
 from adapter.runtime.stream_worker import StreamWorker, Work
 
 __all__ = [
-    "GC_THRESHOLD",
-    "SWITCH_INTERVAL_S",
     "CatchUp",
     "ConsumerOptions",
     "ReplicationConsumer",
@@ -204,23 +198,17 @@ class ReplicationConsumer:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; retry failures with backoff.
 
+        Process-wide interpreter settings are left alone: the process owner may apply
+        :func:`adapter.runtime.interpreter.tuned` around this call, as ``synkafka
+        consume`` does.
+
         Raises:
             AdapterError: a failure that retrying cannot fix (bad credentials after
                 ``fatal_attempts`` tries, a handler that keeps failing with the
                 ``stop`` policy).
         """
         self._stop_event = stop
-        previous_gc = gc.get_threshold()
-        previous_switch = sys.getswitchinterval()
-        if self._options.gc_threshold is not None:
-            gc.set_threshold(*self._options.gc_threshold)
-        if self._options.switch_interval_s is not None:
-            sys.setswitchinterval(self._options.switch_interval_s)
-        try:
-            self._run_with_retries(stop)
-        finally:
-            gc.set_threshold(*previous_gc)
-            sys.setswitchinterval(previous_switch)
+        self._run_with_retries(stop)
 
     def _run_with_retries(self, stop: threading.Event) -> None:
         fatal_failures = 0

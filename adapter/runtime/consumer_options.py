@@ -9,29 +9,10 @@ from adapter.core.catchup import CatchUp, StartFrom
 from adapter.runtime.stream_worker import HandlerPolicy
 
 __all__ = [
-    "GC_THRESHOLD",
-    "SWITCH_INTERVAL_S",
     "CatchUp",
     "ConsumerOptions",
     "StartFrom",
 ]
-
-# Every row makes a few short-lived objects. With CPython's default thresholds
-# (700, 10, 10) the collector runs every few hundred rows, and its full collections
-# over a large heap stall the poll loop for 100-300 ms: that was the whole p99 of
-# publish-to-handler latency (docs/benchmarks.md). Rows are freed by reference
-# counting, not the cycle collector, so collecting far less often costs nothing.
-GC_THRESHOLD = (50_000, 20, 100)
-
-SWITCH_INTERVAL_S = 0.02
-"""CPython's GIL switch interval while consuming (the default is 5 ms).
-
-The poll loop and the stream workers share one GIL. At the default a busy worker is
-made to hand the GIL back every 5 ms, mostly to a poll loop that has little to do
-before the worker needs it again; measured with ``bench.consume`` at 500,000 rows,
-20 ms gave 5 to 15% more rows/s. Threads that wait (a worker on its queue, the
-poll loop in librdkafka) release the GIL at once regardless, so at live rates the
-interval does not add latency (``bench.latency``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +39,6 @@ class ConsumerOptions:
         fatal_attempts: setup attempts before an error that will not heal by itself
             (authentication, authorization) ends the run.
         kafka_extra: extra librdkafka properties for the consumer.
-        gc_threshold: CPython collector thresholds while running (process-wide,
-            restored on return); None leaves them alone.
-        switch_interval_s: CPython's GIL switch interval while running
-            (process-wide, restored on return; see :data:`SWITCH_INTERVAL_S`); None
-            leaves it alone.
     """
 
     prefix: str
@@ -78,5 +54,3 @@ class ConsumerOptions:
     shutdown_timeout_s: float = 30.0
     fatal_attempts: int = 3
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
-    gc_threshold: tuple[int, int, int] | None = GC_THRESHOLD
-    switch_interval_s: float | None = SWITCH_INTERVAL_S

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from adapter.core.errors import BackfillError
-from adapter.runtime.backfill import prefetched
+from adapter.runtime.backfill import each_gc_paused, prefetched
 
 
 def _threads() -> set[str]:
@@ -72,3 +73,26 @@ def test_the_producer_runs_ahead_while_the_caller_works() -> None:
     while "synkafka-prefetch-ahead" in _threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "synkafka-prefetch-ahead" not in _threads()
+
+
+def test_each_gc_paused_makes_items_with_the_collector_off_and_hands_them_over_with_it_on() -> (
+    None
+):
+    seen_while_making: list[bool] = []
+
+    def items() -> Iterator[int]:
+        for n in range(3):
+            seen_while_making.append(gc.isenabled())
+            yield n
+
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        handed: list[tuple[int, bool]] = [
+            (n, gc.isenabled()) for n in each_gc_paused(items())
+        ]
+    finally:
+        if not was_enabled:
+            gc.disable()
+    assert seen_while_making == [False, False, False]
+    assert handed == [(0, True), (1, True), (2, True)]

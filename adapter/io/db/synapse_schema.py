@@ -15,7 +15,7 @@ Two things here are ours, not Synapse's:
 
 :data:`ID_GENERATORS` records, per wire stream, the ``stream_positions`` name and the
 PostgreSQL sequence, and which tables and columns hold its stream ids
-(used for the positions fallback of db/sources.py).
+(used for the positions fallback, :mod:`adapter.io.db.sources.positions`).
 """
 
 from __future__ import annotations
