@@ -66,7 +66,7 @@ from adapter.core.rows import ROW_CLASSES, Row, row_field_types
 __all__ = [
     "MAGIC",
     "Codec",
-    "Record",
+    "Payload",
     "decode",
     "decode_update",
     "default_codec",
@@ -75,8 +75,8 @@ __all__ = [
     "row_name",
 ]
 
-Record: TypeAlias = Command | PresenceSnapshot
-"""Anything that is a whole Kafka record value."""
+Payload: TypeAlias = Command | PresenceSnapshot
+"""What one Kafka record value holds: a command or a presence snapshot."""
 
 MAGIC: Final = b"\xc3\x01"
 """The two marker bytes of Avro single-object encoding."""
@@ -123,7 +123,7 @@ def _record_fields(schema: AvroSchema) -> list[dict[str, Any]]:
 
 
 def _find_record(schema: AvroSchema, name: str) -> dict[str, Any] | None:
-    """Find the definition of record ``name`` inside a parsed schema."""
+    """Find the definition of the Avro record type ``name`` inside a parsed schema."""
     if isinstance(schema, list):
         for branch in schema:
             found = _find_record(branch, name)
@@ -148,7 +148,7 @@ def _find_record(schema: AvroSchema, name: str) -> dict[str, Any] | None:
 def _compile(
     cls: type[Any], schema: dict[str, Any], tuple_fields: set[str]
 ) -> tuple[_ToDict, _FromDict, _FromValues]:
-    """Generate ``to_dict``, ``from_dict`` and ``from_values`` for a class and its record.
+    """Generate ``to_dict``, ``from_dict`` and ``from_values`` for a class and its schema.
 
     ``from_values`` takes the record's field values in schema order (what the
     generated Avro reader hands a builder); ``from_dict`` takes fastavro's dict.
@@ -346,7 +346,7 @@ class Codec:
         self._row_writers: dict[type[Any], tuple[str, _ToDict, str]] = {}
         self._row_readers: dict[str, dict[int, _FromDict]] = {}
         self._row_classes: dict[str, frozenset[type[Any]]] = {}
-        # Record full name -> constructor from field values, for generated readers.
+        # Avro record full name -> constructor from field values, for generated readers.
         builders: dict[str, _FromValues] = {}
         for cls in ROW_CLASSES:
             name = _NESTED_NAMES[cls]
@@ -587,11 +587,11 @@ class Codec:
 
     # --- Public API ---
 
-    def encode(self, record: Record) -> bytes:
-        """Encode a command or presence snapshot as a single-object Avro record.
+    def encode(self, payload: Payload) -> bytes:
+        """Encode a command or presence snapshot as a Kafka record value.
 
         Args:
-            record: the value. An RDATA must have a numeric token and at least one
+            payload: the value. An RDATA must have a numeric token and at least one
                 row, all of its stream.
 
         Returns:
@@ -600,18 +600,18 @@ class Codec:
         Raises:
             EncodeError: the value does not fit its schema; ``path`` names the field.
         """
-        root = self._roots.get(type(record))
+        root = self._roots.get(type(payload))
         if root is None:
-            raise EncodeError(f"cannot encode a {type(record).__name__}")
+            raise EncodeError(f"cannot encode a {type(payload).__name__}")
         generated = root.generated
         if generated is not None and (
-            type(record) is not RdataCommand or self._rows_fit(record)
+            type(payload) is not RdataCommand or self._rows_fit(payload)
         ):
             try:
-                return generated(record)
+                return generated(payload)
             except Exception:  # noqa: BLE001, S110 - the fastavro path names the problem
                 pass
-        datum = root.to_dict(record)
+        datum = root.to_dict(payload)
         try:
             return root.body.write(datum)
         except (TypeError, ValueError, AttributeError, OverflowError, KeyError) as exc:
@@ -619,8 +619,8 @@ class Codec:
             path, reason = _find_bad_field(datum, root.schema, root.name)
             raise EncodeError(reason or str(exc), path=path) from exc
 
-    def decode(self, data: bytes) -> Record:
-        """Decode a single-object Avro record written by any kept schema version.
+    def decode(self, data: bytes) -> Payload:
+        """Decode a Kafka record value written with any kept schema version.
 
         Args:
             data: the record value.
@@ -650,7 +650,7 @@ class Codec:
         root = writer.root
         generated = writer.generated
         if generated is not None:
-            decoded: Record = _read_generated(generated, data, root.name)
+            decoded: Payload = _read_generated(generated, data, root.name)
             return decoded
         # A sliced copy is cheaper than seeking past the header (records are small).
         stream = io.BytesIO(data[_HEADER_LEN:])
@@ -672,10 +672,10 @@ class Codec:
         extra = len(data) - _HEADER_LEN - stream.tell()
         if extra:
             raise DecodeError(f"{extra} bytes after the end of the {root.name} body")
-        result: Record = root.from_dict(datum)
+        result: Payload = root.from_dict(datum)
         return result
 
-    def decode_update(self, data: bytes) -> StreamUpdate | Record:
+    def decode_update(self, data: bytes) -> StreamUpdate | Payload:
         """:meth:`decode`, but a current-version RDATA comes as a live StreamUpdate.
 
         The consumer's hot path: an RDATA read from Kafka becomes the update its
@@ -801,16 +801,16 @@ def default_codec() -> Codec:
     return Codec(default_schema_set())
 
 
-def encode(record: Record) -> bytes:
+def encode(payload: Payload) -> bytes:
     """Encode with the default schemas; see :meth:`Codec.encode`.
 
     Raises:
         EncodeError: the value does not fit its schema.
     """
-    return default_codec().encode(record)
+    return default_codec().encode(payload)
 
 
-def decode(data: bytes) -> Record:
+def decode(data: bytes) -> Payload:
     """Decode with the default schemas; see :meth:`Codec.decode`.
 
     Raises:
@@ -819,7 +819,7 @@ def decode(data: bytes) -> Record:
     return default_codec().decode(data)
 
 
-def decode_update(data: bytes) -> StreamUpdate | Record:
+def decode_update(data: bytes) -> StreamUpdate | Payload:
     """Decode with the default schemas; see :meth:`Codec.decode_update`.
 
     Raises:
