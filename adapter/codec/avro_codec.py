@@ -177,7 +177,6 @@ def _compile(
     )
     namespace: dict[str, Any] = {
         "cls": cls,
-        "_new": object.__new__,
         "_tuple_new": tuple.__new__,
         "_tuple_or_none": _tuple_or_none,
         "_list_or_none": _list_or_none,
@@ -199,21 +198,12 @@ def _compile(
             f"    return _tuple_new(cls, ({', '.join(positional)},))\n"
         )
     else:
-        # Readers build the frozen instance by setting its slots directly: the
-        # dataclass __init__ goes through object.__setattr__ per field (frozen),
-        # which costs about three times as much, and it has no validation to skip
-        # (no __post_init__).
-        sets, value_sets = [], []
-        for i, (n, value) in enumerate(zip(names, values, strict=True)):
-            # The slot's member descriptor, found through the MRO (simple commands
-            # inherit theirs from SimpleCommand).
-            namespace[f"_set{i}"] = getattr(cls, n).__set__
-            sets.append(f"    _set{i}(obj, {value})\n")
-            value_sets.append(f"    _set{i}(obj, {positional[i]})\n")
+        # Readers build the frozen instance by setting its slots directly (see
+        # adapter.core.frozen): the dataclass __init__ costs about three times as much.
+        namespace["_make"] = frozen_maker(cls)
         from_src = (
-            f"def from_dict(d):\n    obj = _new(cls)\n{''.join(sets)}    return obj\n"
-            f"def from_values({params}):\n    obj = _new(cls)\n"
-            f"{''.join(value_sets)}    return obj\n"
+            f"def from_dict(d):\n    return _make({', '.join(values)})\n"
+            f"def from_values({params}):\n    return _make({', '.join(positional)})\n"
         )
     source = f"def to_dict(obj):\n    return {{{to_items}}}\n" + from_src
     # Generated once per type at start-up from field names we control, as dataclasses
