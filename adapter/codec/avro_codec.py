@@ -690,71 +690,97 @@ class Codec:
 
 def _find_bad_field(datum: Any, schema: AvroSchema, path: str) -> tuple[str, str]:
     """Return (path, reason) of the first value that does not fit, or (path, "")."""
-    named: dict[str, Any] = {}
+    found = _FieldChecker(schema).walk(datum, schema, "")
+    return found if found is not None else (path, "")
 
-    def register(node: AvroSchema) -> None:
+
+def _primitive_fits(value: Any, kind: str) -> bool | None:
+    """Whether ``value`` is an Avro ``kind``; None when ``kind`` is not a primitive."""
+    if kind == "null":
+        return value is None
+    if kind == "boolean":
+        return type(value) is bool
+    if kind == "long":
+        return type(value) is int and _LONG_MIN <= value <= _LONG_MAX
+    if kind == "int":
+        return type(value) is int and -(2**31) <= value < 2**31
+    if kind == "string":
+        return type(value) is str and _utf8_encodable(value)
+    if kind == "bytes":
+        return type(value) is bytes
+    if kind in ("double", "float"):
+        return type(value) in (int, float)
+    return None
+
+
+class _FieldChecker:
+    """Walks a datum along its schema the way fastavro writes it, to name a bad value."""
+
+    def __init__(self, schema: AvroSchema) -> None:
+        self._named: dict[str, Any] = {}
+        self._register(schema)
+
+    def _register(self, node: AvroSchema) -> None:
         if isinstance(node, list):
             for branch in node:
-                register(branch)
+                self._register(branch)
         elif isinstance(node, dict):
             if node.get("type") == "record":
-                named[node["name"]] = node
+                self._named[node["name"]] = node
                 for f in node["fields"]:
-                    register(f["type"])
+                    self._register(f["type"])
             elif node.get("type") == "array":
-                register(node["items"])
+                self._register(node["items"])
 
-    register(schema)
-
-    def fits(value: Any, node: AvroSchema) -> bool:
-        return walk(value, node, "") is None
-
-    def walk(value: Any, node: AvroSchema, where: str) -> tuple[str, str] | None:
+    def walk(self, value: Any, node: AvroSchema, where: str) -> tuple[str, str] | None:
+        """(path, reason) of the first value under ``where`` that does not fit."""
+        named = self._named
         if isinstance(node, str) and node in named:
             node = named[node]
         if isinstance(node, list):
-            if isinstance(value, tuple) and len(value) == 2 and value[0] in named:
-                return walk(value[1], named[value[0]], where)
-            if any(fits(value, branch) for branch in node):
-                return None
-            return where, f"{_short(value)} fits none of {_type_names(node)}"
+            return self._walk_union(value, node, where)
         kind = node["type"] if isinstance(node, dict) else node
-        ok = (
-            {
-                "null": value is None,
-                "boolean": type(value) is bool,
-                "long": type(value) is int and _LONG_MIN <= value <= _LONG_MAX,
-                "int": type(value) is int and -(2**31) <= value < 2**31,
-                "string": type(value) is str and _utf8_encodable(value),
-                "bytes": type(value) is bytes,
-                "double": type(value) in (int, float),
-                "float": type(value) in (int, float),
-            }.get(kind)
-            if isinstance(kind, str)
-            else None
-        )
+        ok = _primitive_fits(value, kind) if isinstance(kind, str) else None
         if ok is not None:
             return None if ok else (where, f"{_short(value)} is not a {kind}")
         if kind == "record":
-            if not isinstance(value, dict):
-                return where, f"{_short(value)} is not a record"
-            for f in node["fields"]:
-                found = walk(value.get(f["name"]), f["type"], _join(where, f["name"]))
-                if found is not None:
-                    return found
-            return None
+            return self._walk_record(value, node, where)
         if kind == "array":
-            if not isinstance(value, (list, tuple)):
-                return where, f"{_short(value)} is not an array"
-            for index, item in enumerate(value):
-                found = walk(item, node["items"], f"{where}[{index}]")
-                if found is not None:
-                    return found
-            return None
+            return self._walk_array(value, node, where)
         return where, f"unsupported schema {kind!r}"
 
-    found = walk(datum, schema, "")
-    return found if found is not None else (path, "")
+    def _walk_union(
+        self, value: Any, union: list[Any], where: str
+    ) -> tuple[str, str] | None:
+        named = self._named
+        # fastavro's tuple notation names the branch: check against that one only.
+        if isinstance(value, tuple) and len(value) == 2 and value[0] in named:
+            return self.walk(value[1], named[value[0]], where)
+        if any(self.walk(value, branch, "") is None for branch in union):
+            return None
+        return where, f"{_short(value)} fits none of {_type_names(union)}"
+
+    def _walk_record(
+        self, value: Any, node: dict[str, Any], where: str
+    ) -> tuple[str, str] | None:
+        if not isinstance(value, dict):
+            return where, f"{_short(value)} is not a record"
+        for f in node["fields"]:
+            found = self.walk(value.get(f["name"]), f["type"], _join(where, f["name"]))
+            if found is not None:
+                return found
+        return None
+
+    def _walk_array(
+        self, value: Any, node: dict[str, Any], where: str
+    ) -> tuple[str, str] | None:
+        if not isinstance(value, (list, tuple)):
+            return where, f"{_short(value)} is not an array"
+        for index, item in enumerate(value):
+            found = self.walk(item, node["items"], f"{where}[{index}]")
+            if found is not None:
+                return found
+        return None
 
 
 def _utf8_encodable(value: str) -> bool:
