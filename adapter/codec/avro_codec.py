@@ -71,7 +71,6 @@ __all__ = [
     "decode_update",
     "default_codec",
     "encode",
-    "root_name",
     "row_name",
 ]
 
@@ -97,11 +96,6 @@ _NESTED_NAMES: Final[Mapping[type[Any], str]] = {
     **{cls: "synkafka.row." + cls.__name__.removesuffix("Row") for cls in ROW_CLASSES},
     SyncingDevice: "synkafka.presence.SyncingDevice",
 }
-
-
-def root_name(cls: type[Any]) -> str:
-    """Return the Avro full name of a root class (``RdataCommand`` -> ``synkafka.command.Rdata``)."""
-    return _ROOT_NAMES[cls]
 
 
 def row_name(cls: type[Row]) -> str:

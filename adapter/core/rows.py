@@ -52,7 +52,6 @@ __all__ = [
     "EventsAllStateRow",
     "EventsCurrentStateRow",
     "EventsEventRow",
-    "EventsRow",
     "FederationRow",
     "JsonValue",
     "PresenceFederationRow",
@@ -485,9 +484,6 @@ class QuarantinedMediaRow(_QuarantinedMediaFields):
     __slots__ = ()
     STREAM_NAME: ClassVar[str] = "quarantined_media"
 
-
-EventsRow: TypeAlias = EventsEventRow | EventsCurrentStateRow | EventsAllStateRow
-"""The three row kinds of the ``events`` stream."""
 
 Row: TypeAlias = (
     EventsEventRow

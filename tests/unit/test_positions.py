@@ -15,7 +15,6 @@ from adapter.core import positions
 from adapter.core.errors import DecodeError, EncodeError, PositionError
 from adapter.core.positions import (
     MAX_COMMIT_METADATA_BYTES,
-    SYNAPSE_IN_MEMORY_STREAMS,
     Apply,
     Backfill,
     Batch,
@@ -235,7 +234,6 @@ def test_rows_of_a_batch_apply_once_as_one_token() -> None:
 
 
 def test_in_memory_streams_are_the_synapse_ones() -> None:
-    assert {"typing", "federation", "presence_federation"} == SYNAPSE_IN_MEMORY_STREAMS
     tracker = PositionTracker(database_streams=["events"])
     assert tracker.is_database_stream("events")
     assert not tracker.is_database_stream("typing")
