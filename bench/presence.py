@@ -34,8 +34,8 @@ from adapter.devstack.services import KafkaBroker
 from adapter.io.kafka.admin import Admin
 from adapter.io.kafka.consumer import BEGINNING, Consumer, PartitionStart
 from adapter.io.kafka.producer import Producer
+from adapter.runtime.presence_follower import PresenceFollower
 from adapter.runtime.presence_sync import wall_clock_ms
-from adapter.runtime.presence_view import PresenceFollower
 from adapter.runtime.publisher import Publisher
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from adapter import __version__
-from adapter.cli.common import config_default_map
+from adapter.cli.config_file import config_default_map
 
 __all__ = ["app"]
 

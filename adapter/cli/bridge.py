@@ -43,7 +43,7 @@ from adapter.runtime.db_probe import DatabaseProbe
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import Check, DependencyStatus, HealthServer
 from adapter.runtime.lag import read_positions_topic
-from adapter.runtime.presence_view import PresenceFollower
+from adapter.runtime.presence_follower import PresenceFollower
 
 __all__ = ["bridge"]
 

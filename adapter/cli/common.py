@@ -33,7 +33,6 @@ import inspect
 import logging
 import os
 import sys
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -75,7 +74,6 @@ __all__ = [
     "SslKeyPasswordFileOpt",
     "SslKeyPasswordOpt",
     "TimeoutOpt",
-    "config_default_map",
     "db_dsn",
     "kafka_settings",
     "masked_default_logging",
@@ -535,141 +533,6 @@ def require_server_name(server_name: str | None) -> str:
             "read or write topics also accept --prefix instead)"
         )
     return server_name
-
-
-def _option_keys(command: Any) -> dict[str, Any]:
-    """The TOML keys one command (or group) takes, each to the parameter it sets.
-
-    A key is an option's long name as ``--help`` shows it, without the dashes
-    (``json``, ``from``, ``metrics-port``), or the short name of an option that has
-    no long one (``X``). The Python parameter name (``as_json``, ``start_from``) is
-    still accepted, because that is what earlier releases read.
-    """
-    keys: dict[str, Any] = {}
-    for param in command.params:
-        if param.name is None:
-            continue
-        long = [o[2:] for o in param.opts if o.startswith("--")]
-        short = [o[1:] for o in param.opts if o.startswith("-") and o[1:2] != "-"]
-        for key in {*(long or short), param.name, param.name.replace("_", "-")}:
-            keys[key] = param
-    return keys
-
-
-def _subtree_keys(command: Any) -> set[str]:
-    keys = set(_option_keys(command))
-    for sub in getattr(command, "commands", {}).values():
-        keys |= _subtree_keys(sub)
-    return keys
-
-
-def config_default_map(path: Path, root: Any) -> dict[str, Any]:
-    """Turn a TOML file into click's ``default_map`` for every command.
-
-    Top-level keys apply to every command that has the option; a table named after a
-    command (or ``[topics.ensure]`` for a sub-command) applies to that command and
-    overrides them. Keys are the option names of ``--help`` without the dashes (see
-    :func:`_option_keys`). Every key and value is checked here, before any command
-    runs, because click would silently ignore a key it does not know and would blame
-    an environment variable for a value of the wrong type.
-
-    Args:
-        path: the TOML file.
-        root: the root click group (``ctx.command`` of the ``synkafka`` callback).
-
-    Raises:
-        ConfigError: the file cannot be read or parsed, names a table or key no
-            command has, or gives a value its option cannot take.
-    """
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    except RecursionError:
-        raise ConfigError(f"config file {path} nests too deeply to read") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {exc.start + 1})"
-        ) from None
-
-    def fail(message: str) -> ConfigError:
-        return ConfigError(f"config file {path}: {message}")
-
-    def convert(
-        command: Any, name: str, param: Any, key: str, value: Any, where: str
-    ) -> Any:
-        """The value as click will see it, checked now so the error names the file."""
-        if param.multiple and not isinstance(value, list):
-            value = [value]  # `stream = "events"` reads as a list of one
-        elif not param.multiple and isinstance(value, list):
-            raise fail(f"{where} {key}: takes one value, not a list")
-        try:
-            param.process_value(typer.Context(command, info_name=name), value)
-        except typer.BadParameter as exc:
-            # The bare message: click's own would name the environment variable.
-            raise fail(f"{where} {key}: {exc.message}") from None
-        return value
-
-    def build(
-        command: Any,
-        name: str,
-        table: dict[str, Any],
-        inherited: dict[str, tuple[Any, str]],
-        label: str,
-    ) -> dict[str, Any]:
-        where = f"[{label}]" if label else "top level:"
-        subs: dict[str, Any] = getattr(command, "commands", {})
-        known = (
-            _subtree_keys(command)
-            if label
-            else _subtree_keys(command)
-            - set(
-                _option_keys(command)  # the root's own --config and --version
-            )
-        )
-        own_keys = _option_keys(command) if label else {}
-        scope = dict(inherited)
-        seen: dict[str, str] = {}
-        for key, value in table.items():
-            if isinstance(value, dict):
-                if key not in subs:
-                    inner = f"{label}.{key}" if label else key
-                    raise fail(
-                        f"unknown table [{inner}] (tables are named after commands, "
-                        "such as [consume] or [topics.ensure])"
-                    )
-                continue
-            if key not in known and not label:
-                raise fail(f"{where} unknown key {key!r} (no command has --{key})")
-            if key not in known:
-                raise fail(
-                    f"{where} unknown key {key!r} (keys are the long option names "
-                    f"of `synkafka {label.replace('.', ' ')} --help`, without dashes)"
-                )
-            param = own_keys.get(key)
-            if param is not None:
-                if param.name in seen:
-                    raise fail(
-                        f"{where} {seen[param.name]!r} and {key!r} set the same option"
-                    )
-                seen[param.name] = key
-            scope[key] = (value, where)
-        out: dict[str, Any] = {}
-        if label:  # the root's own options are not read from the file
-            for key, (value, at) in scope.items():
-                param = own_keys.get(key)
-                if param is not None:
-                    out[param.name] = convert(command, name, param, key, value, at)
-        for sub_name, sub in subs.items():
-            own = table.get(sub_name, {})
-            own = own if isinstance(own, dict) else {}
-            inner = f"{label}.{sub_name}" if label else sub_name
-            out[sub_name] = build(sub, sub_name, own, scope, inner)
-        return out
-
-    return build(root, "synkafka", data, {}, "")
 
 
 _R = TypeVar("_R")

@@ -39,8 +39,8 @@ from adapter.core.presence import (
 from adapter.io.kafka.consumer import Consumer
 from adapter.io.kafka.producer import Producer
 from adapter.io.metrics import default_metrics
+from adapter.runtime.presence_follower import PresenceFollower
 from adapter.runtime.presence_sync import PresenceSync, new_instance_id
-from adapter.runtime.presence_view import PresenceFollower
 from adapter.runtime.publisher import Publisher
 
 __all__ = ["presence_app"]

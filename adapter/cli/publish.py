@@ -52,7 +52,6 @@ __all__ = [
     "NumberedCommand",
     "decode_lines",
     "line_ranges",
-    "parse_input",
     "parse_numbered",
     "publish",
     "record_to_json",
@@ -199,16 +198,6 @@ def parse_numbered(lines: Iterable[str]) -> Iterator[NumberedCommand]:
             f"line {first}: RDATA {stream} {writer} batch: the input ends before a "
             f"line with the token for its {len(rows)} row(s)"
         )
-
-
-def parse_input(lines: Iterable[str]) -> Iterator[Command]:
-    """The commands of :func:`parse_numbered`, without their line numbers.
-
-    Raises:
-        ConfigError: see :func:`parse_numbered`.
-    """
-    for item in parse_numbered(lines):
-        yield item.command
 
 
 def validate(lines: Iterable[str]) -> list[NumberedCommand]:

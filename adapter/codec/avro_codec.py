@@ -66,17 +66,16 @@ from adapter.core.rows import ROW_CLASSES, Row, row_field_types
 __all__ = [
     "MAGIC",
     "Codec",
-    "Record",
+    "Payload",
     "decode",
     "decode_update",
     "default_codec",
     "encode",
-    "root_name",
     "row_name",
 ]
 
-Record: TypeAlias = Command | PresenceSnapshot
-"""Anything that is a whole Kafka record value."""
+Payload: TypeAlias = Command | PresenceSnapshot
+"""What one Kafka record value holds: a command or a presence snapshot."""
 
 MAGIC: Final = b"\xc3\x01"
 """The two marker bytes of Avro single-object encoding."""
@@ -99,11 +98,6 @@ _NESTED_NAMES: Final[Mapping[type[Any], str]] = {
 }
 
 
-def root_name(cls: type[Any]) -> str:
-    """Return the Avro full name of a root class (``RdataCommand`` -> ``synkafka.command.Rdata``)."""
-    return _ROOT_NAMES[cls]
-
-
 def row_name(cls: type[Row]) -> str:
     """Return the Avro full name of a row class (``TypingRow`` -> ``synkafka.row.Typing``)."""
     return _NESTED_NAMES[cls]
@@ -123,7 +117,7 @@ def _record_fields(schema: AvroSchema) -> list[dict[str, Any]]:
 
 
 def _find_record(schema: AvroSchema, name: str) -> dict[str, Any] | None:
-    """Find the definition of record ``name`` inside a parsed schema."""
+    """Find the definition of the Avro record type ``name`` inside a parsed schema."""
     if isinstance(schema, list):
         for branch in schema:
             found = _find_record(branch, name)
@@ -148,7 +142,7 @@ def _find_record(schema: AvroSchema, name: str) -> dict[str, Any] | None:
 def _compile(
     cls: type[Any], schema: dict[str, Any], tuple_fields: set[str]
 ) -> tuple[_ToDict, _FromDict, _FromValues]:
-    """Generate ``to_dict``, ``from_dict`` and ``from_values`` for a class and its record.
+    """Generate ``to_dict``, ``from_dict`` and ``from_values`` for a class and its schema.
 
     ``from_values`` takes the record's field values in schema order (what the
     generated Avro reader hands a builder); ``from_dict`` takes fastavro's dict.
@@ -177,7 +171,6 @@ def _compile(
     )
     namespace: dict[str, Any] = {
         "cls": cls,
-        "_new": object.__new__,
         "_tuple_new": tuple.__new__,
         "_tuple_or_none": _tuple_or_none,
         "_list_or_none": _list_or_none,
@@ -199,21 +192,12 @@ def _compile(
             f"    return _tuple_new(cls, ({', '.join(positional)},))\n"
         )
     else:
-        # Readers build the frozen instance by setting its slots directly: the
-        # dataclass __init__ goes through object.__setattr__ per field (frozen),
-        # which costs about three times as much, and it has no validation to skip
-        # (no __post_init__).
-        sets, value_sets = [], []
-        for i, (n, value) in enumerate(zip(names, values, strict=True)):
-            # The slot's member descriptor, found through the MRO (simple commands
-            # inherit theirs from SimpleCommand).
-            namespace[f"_set{i}"] = getattr(cls, n).__set__
-            sets.append(f"    _set{i}(obj, {value})\n")
-            value_sets.append(f"    _set{i}(obj, {positional[i]})\n")
+        # Readers build the frozen instance by setting its slots directly (see
+        # adapter.core.frozen): the dataclass __init__ costs about three times as much.
+        namespace["_make"] = frozen_maker(cls)
         from_src = (
-            f"def from_dict(d):\n    obj = _new(cls)\n{''.join(sets)}    return obj\n"
-            f"def from_values({params}):\n    obj = _new(cls)\n"
-            f"{''.join(value_sets)}    return obj\n"
+            f"def from_dict(d):\n    return _make({', '.join(values)})\n"
+            f"def from_values({params}):\n    return _make({', '.join(positional)})\n"
         )
     source = f"def to_dict(obj):\n    return {{{to_items}}}\n" + from_src
     # Generated once per type at start-up from field names we control, as dataclasses
@@ -346,7 +330,7 @@ class Codec:
         self._row_writers: dict[type[Any], tuple[str, _ToDict, str]] = {}
         self._row_readers: dict[str, dict[int, _FromDict]] = {}
         self._row_classes: dict[str, frozenset[type[Any]]] = {}
-        # Record full name -> constructor from field values, for generated readers.
+        # Avro record full name -> constructor from field values, for generated readers.
         builders: dict[str, _FromValues] = {}
         for cls in ROW_CLASSES:
             name = _NESTED_NAMES[cls]
@@ -587,11 +571,11 @@ class Codec:
 
     # --- Public API ---
 
-    def encode(self, record: Record) -> bytes:
-        """Encode a command or presence snapshot as a single-object Avro record.
+    def encode(self, payload: Payload) -> bytes:
+        """Encode a command or presence snapshot as a Kafka record value.
 
         Args:
-            record: the value. An RDATA must have a numeric token and at least one
+            payload: the value. An RDATA must have a numeric token and at least one
                 row, all of its stream.
 
         Returns:
@@ -600,18 +584,18 @@ class Codec:
         Raises:
             EncodeError: the value does not fit its schema; ``path`` names the field.
         """
-        root = self._roots.get(type(record))
+        root = self._roots.get(type(payload))
         if root is None:
-            raise EncodeError(f"cannot encode a {type(record).__name__}")
+            raise EncodeError(f"cannot encode a {type(payload).__name__}")
         generated = root.generated
         if generated is not None and (
-            type(record) is not RdataCommand or self._rows_fit(record)
+            type(payload) is not RdataCommand or self._rows_fit(payload)
         ):
             try:
-                return generated(record)
+                return generated(payload)
             except Exception:  # noqa: BLE001, S110 - the fastavro path names the problem
                 pass
-        datum = root.to_dict(record)
+        datum = root.to_dict(payload)
         try:
             return root.body.write(datum)
         except (TypeError, ValueError, AttributeError, OverflowError, KeyError) as exc:
@@ -619,8 +603,8 @@ class Codec:
             path, reason = _find_bad_field(datum, root.schema, root.name)
             raise EncodeError(reason or str(exc), path=path) from exc
 
-    def decode(self, data: bytes) -> Record:
-        """Decode a single-object Avro record written by any kept schema version.
+    def decode(self, data: bytes) -> Payload:
+        """Decode a Kafka record value written with any kept schema version.
 
         Args:
             data: the record value.
@@ -650,7 +634,7 @@ class Codec:
         root = writer.root
         generated = writer.generated
         if generated is not None:
-            decoded: Record = _read_generated(generated, data, root.name)
+            decoded: Payload = _read_generated(generated, data, root.name)
             return decoded
         # A sliced copy is cheaper than seeking past the header (records are small).
         stream = io.BytesIO(data[_HEADER_LEN:])
@@ -672,10 +656,10 @@ class Codec:
         extra = len(data) - _HEADER_LEN - stream.tell()
         if extra:
             raise DecodeError(f"{extra} bytes after the end of the {root.name} body")
-        result: Record = root.from_dict(datum)
+        result: Payload = root.from_dict(datum)
         return result
 
-    def decode_update(self, data: bytes) -> StreamUpdate | Record:
+    def decode_update(self, data: bytes) -> StreamUpdate | Payload:
         """:meth:`decode`, but a current-version RDATA comes as a live StreamUpdate.
 
         The consumer's hot path: an RDATA read from Kafka becomes the update its
@@ -700,71 +684,97 @@ class Codec:
 
 def _find_bad_field(datum: Any, schema: AvroSchema, path: str) -> tuple[str, str]:
     """Return (path, reason) of the first value that does not fit, or (path, "")."""
-    named: dict[str, Any] = {}
+    found = _FieldChecker(schema).walk(datum, schema, "")
+    return found if found is not None else (path, "")
 
-    def register(node: AvroSchema) -> None:
+
+def _primitive_fits(value: Any, kind: str) -> bool | None:
+    """Whether ``value`` is an Avro ``kind``; None when ``kind`` is not a primitive."""
+    if kind == "null":
+        return value is None
+    if kind == "boolean":
+        return type(value) is bool
+    if kind == "long":
+        return type(value) is int and _LONG_MIN <= value <= _LONG_MAX
+    if kind == "int":
+        return type(value) is int and -(2**31) <= value < 2**31
+    if kind == "string":
+        return type(value) is str and _utf8_encodable(value)
+    if kind == "bytes":
+        return type(value) is bytes
+    if kind in ("double", "float"):
+        return type(value) in (int, float)
+    return None
+
+
+class _FieldChecker:
+    """Walks a datum along its schema the way fastavro writes it, to name a bad value."""
+
+    def __init__(self, schema: AvroSchema) -> None:
+        self._named: dict[str, Any] = {}
+        self._register(schema)
+
+    def _register(self, node: AvroSchema) -> None:
         if isinstance(node, list):
             for branch in node:
-                register(branch)
+                self._register(branch)
         elif isinstance(node, dict):
             if node.get("type") == "record":
-                named[node["name"]] = node
+                self._named[node["name"]] = node
                 for f in node["fields"]:
-                    register(f["type"])
+                    self._register(f["type"])
             elif node.get("type") == "array":
-                register(node["items"])
+                self._register(node["items"])
 
-    register(schema)
-
-    def fits(value: Any, node: AvroSchema) -> bool:
-        return walk(value, node, "") is None
-
-    def walk(value: Any, node: AvroSchema, where: str) -> tuple[str, str] | None:
+    def walk(self, value: Any, node: AvroSchema, where: str) -> tuple[str, str] | None:
+        """(path, reason) of the first value under ``where`` that does not fit."""
+        named = self._named
         if isinstance(node, str) and node in named:
             node = named[node]
         if isinstance(node, list):
-            if isinstance(value, tuple) and len(value) == 2 and value[0] in named:
-                return walk(value[1], named[value[0]], where)
-            if any(fits(value, branch) for branch in node):
-                return None
-            return where, f"{_short(value)} fits none of {_type_names(node)}"
+            return self._walk_union(value, node, where)
         kind = node["type"] if isinstance(node, dict) else node
-        ok = (
-            {
-                "null": value is None,
-                "boolean": type(value) is bool,
-                "long": type(value) is int and _LONG_MIN <= value <= _LONG_MAX,
-                "int": type(value) is int and -(2**31) <= value < 2**31,
-                "string": type(value) is str and _utf8_encodable(value),
-                "bytes": type(value) is bytes,
-                "double": type(value) in (int, float),
-                "float": type(value) in (int, float),
-            }.get(kind)
-            if isinstance(kind, str)
-            else None
-        )
+        ok = _primitive_fits(value, kind) if isinstance(kind, str) else None
         if ok is not None:
             return None if ok else (where, f"{_short(value)} is not a {kind}")
         if kind == "record":
-            if not isinstance(value, dict):
-                return where, f"{_short(value)} is not a record"
-            for f in node["fields"]:
-                found = walk(value.get(f["name"]), f["type"], _join(where, f["name"]))
-                if found is not None:
-                    return found
-            return None
+            return self._walk_record(value, node, where)
         if kind == "array":
-            if not isinstance(value, (list, tuple)):
-                return where, f"{_short(value)} is not an array"
-            for index, item in enumerate(value):
-                found = walk(item, node["items"], f"{where}[{index}]")
-                if found is not None:
-                    return found
-            return None
+            return self._walk_array(value, node, where)
         return where, f"unsupported schema {kind!r}"
 
-    found = walk(datum, schema, "")
-    return found if found is not None else (path, "")
+    def _walk_union(
+        self, value: Any, union: list[Any], where: str
+    ) -> tuple[str, str] | None:
+        named = self._named
+        # fastavro's tuple notation names the branch: check against that one only.
+        if isinstance(value, tuple) and len(value) == 2 and value[0] in named:
+            return self.walk(value[1], named[value[0]], where)
+        if any(self.walk(value, branch, "") is None for branch in union):
+            return None
+        return where, f"{_short(value)} fits none of {_type_names(union)}"
+
+    def _walk_record(
+        self, value: Any, node: dict[str, Any], where: str
+    ) -> tuple[str, str] | None:
+        if not isinstance(value, dict):
+            return where, f"{_short(value)} is not a record"
+        for f in node["fields"]:
+            found = self.walk(value.get(f["name"]), f["type"], _join(where, f["name"]))
+            if found is not None:
+                return found
+        return None
+
+    def _walk_array(
+        self, value: Any, node: dict[str, Any], where: str
+    ) -> tuple[str, str] | None:
+        if not isinstance(value, (list, tuple)):
+            return where, f"{_short(value)} is not an array"
+        for index, item in enumerate(value):
+            found = self.walk(item, node["items"], f"{where}[{index}]")
+            if found is not None:
+                return found
+        return None
 
 
 def _utf8_encodable(value: str) -> bool:
@@ -801,16 +811,16 @@ def default_codec() -> Codec:
     return Codec(default_schema_set())
 
 
-def encode(record: Record) -> bytes:
+def encode(payload: Payload) -> bytes:
     """Encode with the default schemas; see :meth:`Codec.encode`.
 
     Raises:
         EncodeError: the value does not fit its schema.
     """
-    return default_codec().encode(record)
+    return default_codec().encode(payload)
 
 
-def decode(data: bytes) -> Record:
+def decode(data: bytes) -> Payload:
     """Decode with the default schemas; see :meth:`Codec.decode`.
 
     Raises:
@@ -819,7 +829,7 @@ def decode(data: bytes) -> Record:
     return default_codec().decode(data)
 
 
-def decode_update(data: bytes) -> StreamUpdate | Record:
+def decode_update(data: bytes) -> StreamUpdate | Payload:
     """Decode with the default schemas; see :meth:`Codec.decode_update`.
 
     Raises:

@@ -387,72 +387,97 @@ def incompatibilities(writer: AvroSchema, reader: AvroSchema) -> list[str]:
     Returns:
         Problems as ``path: reason`` strings; empty when every datum is readable.
     """
-    writer_names = _named_types(writer, {})
-    reader_names = _named_types(reader, {})
-    problems: list[str] = []
-    seen: set[tuple[str, str]] = set()
+    resolution = _Resolution(writer, reader)
+    root = writer.get("name") if isinstance(writer, dict) else None
+    resolution.check(writer, reader, root if isinstance(root, str) else _kind(writer))
+    return resolution.problems
 
-    def resolve(node: AvroSchema, names: Mapping[str, AvroSchema]) -> AvroSchema:
-        if isinstance(node, str) and node not in _PRIMITIVES:
-            return names.get(node, node)
-        if isinstance(node, dict) and isinstance(node.get("type"), (dict, list)):
-            return node["type"]
-        return node
 
-    def matches(w: AvroSchema, r: AvroSchema) -> bool:
-        # A union branch is chosen by type kind and, for named types, by name.
-        wk, rk = _kind(w), _kind(r)
-        if wk in ("record", "error", "enum", "fixed"):
-            return rk == wk and (
-                w["name"] == r["name"] or w["name"] in r.get("aliases", ())
-            )
-        return wk == rk or rk in _PROMOTIONS.get(wk, frozenset())
+def _resolve(node: AvroSchema, names: Mapping[str, AvroSchema]) -> AvroSchema:
+    """A reference as its definition, a ``{"type": <union or type>}`` as the type."""
+    if isinstance(node, str) and node not in _PRIMITIVES:
+        return names.get(node, node)
+    if isinstance(node, dict) and isinstance(node.get("type"), (dict, list)):
+        return node["type"]
+    return node
 
-    def check(w: AvroSchema, r: AvroSchema, path: str) -> None:
-        w, r = resolve(w, writer_names), resolve(r, reader_names)
+
+def _matches(w: AvroSchema, r: AvroSchema) -> bool:
+    """Whether reader type ``r`` reads writer type ``w`` (both resolved, not unions).
+
+    A union branch is chosen by type kind and, for named types, by name.
+    """
+    wk, rk = _kind(w), _kind(r)
+    if wk in ("record", "error", "enum", "fixed"):
+        return rk == wk and (
+            w["name"] == r["name"] or w["name"] in r.get("aliases", ())
+        )
+    return wk == rk or rk in _PROMOTIONS.get(wk, frozenset())
+
+
+class _Resolution:
+    """One writer-reader comparison: the named types of each and the problems found."""
+
+    def __init__(self, writer: AvroSchema, reader: AvroSchema) -> None:
+        self._writer_names = _named_types(writer, {})
+        self._reader_names = _named_types(reader, {})
+        self._seen: set[tuple[str, str]] = set()
+        self.problems: list[str] = []
+
+    def check(self, w: AvroSchema, r: AvroSchema, path: str) -> None:
+        """Add every problem of reading ``w`` as ``r`` at ``path`` to :attr:`problems`."""
+        w, r = _resolve(w, self._writer_names), _resolve(r, self._reader_names)
         wk, rk = _kind(w), _kind(r)
         if wk == "union":
             for branch in w:
-                check(branch, r, path)
-            return
-        if rk == "union":
-            branches = [resolve(b, reader_names) for b in r]
-            chosen = next((b for b in branches if matches(w, b)), None)
-            if chosen is None:
-                problems.append(f"{path}: writer {wk} matches no reader union branch")
-            else:
-                check(w, chosen, path)
-            return
-        if not matches(w, r):
-            problems.append(f"{path}: writer {wk} cannot be read as {rk}")
-            return
-        if wk in ("record", "error"):
-            key = (w["name"], r["name"])
-            if key in seen:
-                return
-            seen.add(key)
-            by_name = {f["name"]: f for f in w["fields"]}
-            for rf in r["fields"]:
-                wf = by_name.get(rf["name"]) or next(
-                    (by_name[a] for a in rf.get("aliases", ()) if a in by_name), None
+                self.check(branch, r, path)
+        elif rk == "union":
+            self._check_union_reader(w, r, path)
+        elif not _matches(w, r):
+            self.problems.append(f"{path}: writer {wk} cannot be read as {rk}")
+        elif wk in ("record", "error"):
+            self._check_record(w, r, path)
+        else:
+            self._check_contents(wk, w, r, path)
+
+    def _check_union_reader(self, w: AvroSchema, r: list[Any], path: str) -> None:
+        branches = [_resolve(b, self._reader_names) for b in r]
+        chosen = next((b for b in branches if _matches(w, b)), None)
+        if chosen is None:
+            self.problems.append(
+                f"{path}: writer {_kind(w)} matches no reader union branch"
+            )
+        else:
+            self.check(w, chosen, path)
+
+    def _check_record(self, w: dict[str, Any], r: dict[str, Any], path: str) -> None:
+        key = (w["name"], r["name"])
+        if key in self._seen:
+            return  # checked already, or being checked (a recursive type)
+        self._seen.add(key)
+        by_name = {f["name"]: f for f in w["fields"]}
+        for rf in r["fields"]:
+            wf = by_name.get(rf["name"]) or next(
+                (by_name[a] for a in rf.get("aliases", ()) if a in by_name), None
+            )
+            if wf is not None:
+                self.check(wf["type"], rf["type"], f"{path}.{rf['name']}")
+            elif "default" not in rf:
+                self.problems.append(
+                    f"{path}.{rf['name']}: new reader field has no default"
                 )
-                if wf is not None:
-                    check(wf["type"], rf["type"], f"{path}.{rf['name']}")
-                elif "default" not in rf:
-                    problems.append(
-                        f"{path}.{rf['name']}: new reader field has no default"
-                    )
-        elif wk == "enum":
+
+    def _check_contents(
+        self, kind: str, w: AvroSchema, r: AvroSchema, path: str
+    ) -> None:
+        """Enum symbols, fixed sizes, array items and map values (same kind, names)."""
+        if kind == "enum":
             missing = set(w["symbols"]) - set(r["symbols"])
             if missing and "default" not in r:
-                problems.append(f"{path}: enum symbols {sorted(missing)} unknown")
-        elif wk == "fixed" and w["size"] != r["size"]:
-            problems.append(f"{path}: fixed size {w['size']} != {r['size']}")
-        elif wk == "array":
-            check(w["items"], r["items"], f"{path}[]")
-        elif wk == "map":
-            check(w["values"], r["values"], f"{path}{{}}")
-
-    root = writer.get("name") if isinstance(writer, dict) else None
-    check(writer, reader, root if isinstance(root, str) else _kind(writer))
-    return problems
+                self.problems.append(f"{path}: enum symbols {sorted(missing)} unknown")
+        elif kind == "fixed" and w["size"] != r["size"]:
+            self.problems.append(f"{path}: fixed size {w['size']} != {r['size']}")
+        elif kind == "array":
+            self.check(w["items"], r["items"], f"{path}[]")
+        elif kind == "map":
+            self.check(w["values"], r["values"], f"{path}{{}}")

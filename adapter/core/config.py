@@ -31,7 +31,6 @@ __all__ = [
     "KafkaSettings",
     "Secret",
     "check_bootstrap_servers",
-    "default_prefix",
     "is_secret_key",
     "parse_overrides",
     "redact_text",
@@ -208,11 +207,6 @@ def _bootstrap_entry_ok(match: re.Match[str]) -> bool:
     except ValueError:
         return False
     return True
-
-
-def default_prefix(server_name: str) -> str:
-    """The default topic prefix for a homeserver: ``synapse.<server_name>``."""
-    return f"synapse.{server_name}"
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:

@@ -18,10 +18,24 @@ __all__ = ["frozen_maker"]
 def frozen_maker(cls: type[Any]) -> Callable[..., Any]:
     """Generate ``make(*values)`` that builds ``cls`` with the fields in order.
 
-    The result equals ``cls(*values)`` for a frozen slotted dataclass without
-    ``__post_init__`` (there is no validation to skip).
+    The result equals ``cls(*values)``: skipping ``__init__`` is only sound when it
+    does nothing but store the fields, so ``cls`` must be a slotted dataclass without
+    ``__post_init__`` (checked here, once).
+
+    Raises:
+        TypeError: ``cls`` is not a dataclass, has no slots, or has a
+            ``__post_init__`` (whose checks or derived fields ``make`` would skip).
     """
-    names = [f.name for f in fields(cls)]
+    names = [f.name for f in fields(cls)]  # TypeError for a class that is no dataclass
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(
+            f"frozen_maker({cls.__name__}): it has a __post_init__, which make() "
+            "would skip; build it with its __init__"
+        )
+    if "__slots__" not in cls.__dict__:
+        raise TypeError(
+            f"frozen_maker({cls.__name__}): it is not slotted (@dataclass(slots=True))"
+        )
     namespace: dict[str, Any] = {"cls": cls, "_new": object.__new__}
     for i, n in enumerate(names):
         # The slot's member descriptor, found through the MRO.

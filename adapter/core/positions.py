@@ -59,7 +59,6 @@ from adapter.core.errors import DecodeError, EncodeError, PositionError
 __all__ = [
     "COMMIT_METADATA_VERSION",
     "MAX_COMMIT_METADATA_BYTES",
-    "SYNAPSE_IN_MEMORY_STREAMS",
     "Apply",
     "Backfill",
     "Decision",
@@ -75,12 +74,6 @@ __all__ = [
 
 #: A (stream name, writer instance name) pair: the unit of ordering and of state.
 StreamWriter: TypeAlias = tuple[str, str]
-
-#: Synapse streams with no database table behind them: their rows
-#: live in the writer's memory, so a consumer cannot backfill them.
-SYNAPSE_IN_MEMORY_STREAMS: Final = frozenset(
-    {"typing", "federation", "presence_federation"}
-)
 
 #: The broker's default ``offset.metadata.max.bytes``. A commit whose metadata is
 #: longer fails as a whole with ``OFFSET_METADATA_TOO_LARGE``.

@@ -1,4 +1,4 @@
-"""synkafka's own Kafka records that are not Synapse replication commands.
+"""Presence snapshots: the record values synkafka adds to Synapse's replication commands.
 
 Synapse's presence protocol is edge-triggered (``USER_SYNC start|end``), which makes
 the presence writer expire busy but quiet workers (element-hq/synapse#16771). On Kafka

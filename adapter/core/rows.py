@@ -11,7 +11,8 @@ This module owns:
   (``0``/``1`` from SQLite, ``false``/``true`` from PostgreSQL).
 
 It must not do I/O, know about Avro, or know about commands. Streams' backfill
-queries and positions live elsewhere (``adapter.streams``).
+queries live in :mod:`adapter.io.db.sources` and stream positions in
+:mod:`adapter.core.positions`.
 
 Free-form JSON (receipt ``data``, federation ``data``, cache ``keys``) is kept as its
 compact JSON *text*, exactly as Synapse serialises it and as Avro carries it. That
@@ -51,7 +52,6 @@ __all__ = [
     "EventsAllStateRow",
     "EventsCurrentStateRow",
     "EventsEventRow",
-    "EventsRow",
     "FederationRow",
     "JsonValue",
     "PresenceFederationRow",
@@ -484,9 +484,6 @@ class QuarantinedMediaRow(_QuarantinedMediaFields):
     __slots__ = ()
     STREAM_NAME: ClassVar[str] = "quarantined_media"
 
-
-EventsRow: TypeAlias = EventsEventRow | EventsCurrentStateRow | EventsAllStateRow
-"""The three row kinds of the ``events`` stream."""
 
 Row: TypeAlias = (
     EventsEventRow

@@ -45,7 +45,7 @@ from adapter.devstack.services._process import free_port, log_tail
 from adapter.io.kafka.consumer import Consumer
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.lag import LagRow
-from adapter.runtime.presence_view import PresenceFollower
+from adapter.runtime.presence_follower import PresenceFollower
 
 __all__ = [
     "DEFAULT_MESSAGES",

@@ -82,7 +82,7 @@ from adapter.io.metrics import HistogramBatch, Metrics
 from adapter.io.redis import RedisMessage, ReplicationSubscriber
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import DependencyStatus
-from adapter.runtime.presence_view import TOMBSTONE_HEADER
+from adapter.runtime.presence_follower import TOMBSTONE_HEADER
 from adapter.runtime.progress import Progress, ProgressReporter
 from adapter.runtime.publisher import Publisher
 
@@ -134,7 +134,7 @@ class Bridge:
         published: the last token already on Kafka per (stream, writer), e.g. from
             :func:`adapter.runtime.lag.read_positions_topic`.
         presence: the syncing sets already on the presence topic, by instance ID
-            (e.g. a :class:`~adapter.runtime.presence_view.PresenceFollower`'s
+            (e.g. a :class:`~adapter.runtime.presence_follower.PresenceFollower`'s
             state after its replay), so a restarted bridge extends them.
         now_ms: wall clock in ms (tests may pin it).
         announce_interval_s: see :data:`DEFAULT_ANNOUNCE_INTERVAL_S`.

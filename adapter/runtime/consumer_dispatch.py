@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import assert_never
 
-from adapter.codec.avro_codec import Record, decode_update
+from adapter.codec.avro_codec import Payload, decode_update
 from adapter.core.commands import PositionCommand, RdataCommand
 from adapter.core.errors import DecodeError
 from adapter.core.ports import StreamUpdate, make_update
@@ -166,7 +166,7 @@ class Dispatcher:
 
     def _not_an_update(
         self,
-        got: StreamUpdate | Record,
+        got: StreamUpdate | Payload,
         message: Message,
         tp: TP,
         offset: int,

@@ -24,7 +24,7 @@ snapshot can follow it (after :meth:`SyncTracker.clear`, ``due`` returns nothing
 The presence writer publishes nothing (matrix-org/synapse#7257): give it no
 publisher, ``is_presence_writer=True`` and its own view; its set goes straight into
 that view. When the view is shared with a
-:class:`~adapter.runtime.presence_view.PresenceFollower`, pass the follower's lock.
+:class:`~adapter.runtime.presence_follower.PresenceFollower`, pass the follower's lock.
 
 Instance IDs are 12 random ASCII letters (:func:`new_instance_id`), new at every
 start. Synapse uses 5 (``random_string(5)``); ours are keys of a long-lived compacted
@@ -130,7 +130,7 @@ class PresenceSync:
         local_view: the presence writer's own view (required for, and only for,
             the presence writer).
         lock: the lock guarding ``local_view`` when another thread (a
-            :class:`~adapter.runtime.presence_view.PresenceFollower`) uses it too.
+            :class:`~adapter.runtime.presence_follower.PresenceFollower`) uses it too.
         clock: milliseconds since the epoch.
         metrics: where to count published snapshots and clears.
         stop_delay_ms: see :class:`~adapter.core.presence.SyncTracker`.

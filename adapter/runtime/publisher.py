@@ -95,21 +95,6 @@ class Publisher:
             on_delivery=on_delivery,
         )
 
-    def publish_position(
-        self,
-        stream_name: str,
-        instance_name: str,
-        prev_token: int,
-        new_token: int,
-        *,
-        on_delivery: DeliveryCallback | None = None,
-    ) -> None:
-        """Publish POSITION(prev, new) for one writer (and record it as its position)."""
-        self.publish(
-            PositionCommand(stream_name, instance_name, prev_token, new_token),
-            on_delivery=on_delivery,
-        )
-
     def publish(
         self,
         command: Command | PresenceSnapshot,

@@ -7,7 +7,7 @@
   tables keep only the latest row per key). On the same run:
 
   - **presence**: the worker's USER_SYNC shows in a
-    :class:`~adapter.runtime.presence_view.PresenceFollower`'s view; a
+    :class:`~adapter.runtime.presence_follower.PresenceFollower`'s view; a
     ``CLEAR_USER_SYNC <instance_id>`` published into Redis (a real worker loses its
     own on shutdown, docs/presence.md) clears the instance;
   - **consumers**: a replication consumer that committed before the scenario and is
@@ -39,7 +39,7 @@ from adapter.devstack.services import RedisServer
 from adapter.devstack.services.synapse import MAIN_INSTANCE_NAME, SynapseHomeserver
 from adapter.io.kafka.consumer import Consumer
 from adapter.runtime.backfill import DatabaseReader
-from adapter.runtime.presence_view import PresenceFollower
+from adapter.runtime.presence_follower import PresenceFollower
 from tests.e2e.capture import RedisCapture
 from tests.e2e.matrix_client import MatrixClient, MatrixError
 from tests.e2e.scenario import run_scenario

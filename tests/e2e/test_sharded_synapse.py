@@ -83,7 +83,7 @@ from adapter.devstack.services.synapse_sharded import (
 from adapter.io.kafka.consumer import Consumer, PartitionStart
 from adapter.io.kafka.records import KafkaRecord
 from adapter.runtime.backfill import DatabaseReader
-from adapter.runtime.presence_view import PresenceFollower
+from adapter.runtime.presence_follower import PresenceFollower
 from tests.integration.harness import wait_for
 
 # Bounded traffic: the data part stays within about a minute and a half on two busy

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.cli.publish import parse_input
+from adapter.cli.publish import parse_numbered
 from adapter.codec.avro_codec import encode
 from tests.integration.harness import json_lines, wait_for
 
@@ -310,7 +310,8 @@ def _pad_for_value_size(token: int, low: int, high: int) -> int:
     """A pad that makes the receipt's encoded value ``low`` to ``high`` bytes long."""
     pad = 0
     while True:
-        (command,) = parse_input([_receipt_line(token, pad)])
+        (item,) = parse_numbered([_receipt_line(token, pad)])
+        command = item.command
         size = len(encode(command))
         if size >= low:
             assert size <= high, f"no pad gives {low} to {high} bytes"

@@ -28,6 +28,7 @@ from confluent_kafka import TopicPartition
 
 from adapter.core import topics
 from adapter.core.backoff import Backoff
+from adapter.core.commands import PositionCommand
 from adapter.core.config import KafkaSettings
 from adapter.core.errors import DeliveryError
 from adapter.core.positions import decode_commit_metadata
@@ -170,7 +171,7 @@ def test_position_ahead_of_the_consumer_reads_the_gap_from_the_database(
                 for i in range(4)
             ]
             last = lost[-1][0]
-            publisher.publish_position("receipts", "master", last, last + 2)
+            publisher.publish(PositionCommand("receipts", "master", last, last + 2))
             publisher.flush()
             wait_for(lambda: len(run.recorder.tokens("receipts")) == 4, what="the gap")
             assert run.recorder.tokens("receipts") == [t for t, _ in lost]
@@ -211,7 +212,7 @@ def test_duplicates_are_dropped_writers_are_separate_and_a_reset_stream_is_follo
                 publisher.publish_rdata(
                     "typing", "master", token, [row_from_wire("typing", row)]
                 )
-            publisher.publish_position("typing", "master", 1, 1)
+            publisher.publish(PositionCommand("typing", "master", 1, 1))
             publisher.publish_rdata(
                 "typing",
                 "master",
@@ -621,7 +622,7 @@ def test_every_partition_carries_the_stream_token_map_so_lag_reaches_zero(
         written = _events(SynapseWriter(conn, "master"), 5)
         publish_written(publisher, "events", "master", written)
         last = written[-1][0]
-        publisher.publish_position("events", "master", last, last)
+        publisher.publish(PositionCommand("events", "master", last, last))
         publisher.flush()
         wait_for(lambda: len(run.recorder.tokens("events")) == 5, what="5 rows")
         reader = Consumer(settings, f"{prefix}.lag-reader")

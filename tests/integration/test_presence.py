@@ -35,8 +35,8 @@ from adapter.io.kafka.consumer import BEGINNING, Consumer, PartitionStart
 from adapter.io.kafka.producer import Producer
 from adapter.io.kafka.records import KafkaRecord
 from adapter.io.metrics import Metrics
+from adapter.runtime.presence_follower import PresenceFollower
 from adapter.runtime.presence_sync import PresenceSync, wall_clock_ms
-from adapter.runtime.presence_view import PresenceFollower
 from adapter.runtime.publisher import Publisher
 from tests.fakes import FixedClock
 from tests.integration.harness import wait_for

@@ -3,10 +3,19 @@ import io
 import pytest
 
 from adapter.cli.lag import format_table
-from adapter.cli.publish import decode_lines, line_ranges, parse_input, validate
-from adapter.core.commands import PositionCommand, RdataCommand, ReplicateCommand
+from adapter.cli.publish import decode_lines, line_ranges, parse_numbered, validate
+from adapter.core.commands import (
+    Command,
+    PositionCommand,
+    RdataCommand,
+    ReplicateCommand,
+)
 from adapter.core.errors import ConfigError
 from adapter.runtime.lag import LagRow
+
+
+def _commands(text: str) -> list[Command]:
+    return [item.command for item in parse_numbered(io.StringIO(text))]
 
 
 def test_synapse_batch_lines_join_per_writer_and_position_drops_a_pending_batch() -> (
@@ -24,7 +33,7 @@ def test_synapse_batch_lines_join_per_writer_and_position_drops_a_pending_batch(
             "",
         ]
     )
-    out = list(parse_input(io.StringIO(text)))
+    out = _commands(text)
     assert isinstance(out[0], RdataCommand)
     assert (out[0].instance_name, out[0].token, len(out[0].rows)) == ("w1", 7, 2)
     assert out[1] == PositionCommand("events", "w2", 5, 9)
@@ -38,7 +47,7 @@ def test_json_objects_become_commands() -> None:
         '{"command":"RDATA","stream":"typing","writer":"m","token":2,"rows":[["!r",[]]]}\n'
         '{"command":"POSITION","stream":"typing","writer":"m","prev":2,"new":3}\n'
     )
-    rdata, position = parse_input(io.StringIO(text))
+    rdata, position = _commands(text)
     assert isinstance(rdata, RdataCommand)
     assert rdata.token == 2
     assert position == PositionCommand("typing", "m", 2, 3)
@@ -55,7 +64,7 @@ def test_json_objects_become_commands() -> None:
 )
 def test_bad_lines_name_their_line_number(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        list(parse_input(io.StringIO(text)))
+        _commands(text)
 
 
 def test_lag_table_aligns_columns_and_shows_unknowns_as_dashes() -> None:

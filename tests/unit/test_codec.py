@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 
 import adapter
 from adapter.cli._app import app
-from adapter.codec.avro_codec import MAGIC, Codec, Record, decode, default_codec, encode
+from adapter.codec.avro_codec import (
+    MAGIC,
+    Codec,
+    Payload,
+    decode,
+    default_codec,
+    encode,
+)
 from adapter.codec.schemas import load_schema_set, schema_dir
 from adapter.core.commands import (
     ClearUserSyncsCommand,
@@ -68,7 +75,7 @@ EV = EventsEventRow(
     False,
     False,
 )
-GOLDEN: dict[str, Record] = {
+GOLDEN: dict[str, Payload] = {
     "rdata_events": RdataCommand(
         "events",
         "master",
@@ -280,7 +287,7 @@ BAD_NONE: Any = None
         ),
     ],
 )
-def test_encode_error_names_the_field_path(record: Record, path: str) -> None:
+def test_encode_error_names_the_field_path(record: Payload, path: str) -> None:
     with pytest.raises(EncodeError) as info:
         encode(record)
     assert info.value.path == path

@@ -10,7 +10,8 @@ import pytest
 import typer
 
 from adapter.cli import app
-from adapter.cli.common import config_default_map, db_dsn, kafka_settings, redis_url
+from adapter.cli.common import db_dsn, kafka_settings, redis_url
+from adapter.cli.config_file import config_default_map
 from adapter.core.config import (
     KafkaSettings,
     Secret,

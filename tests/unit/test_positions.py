@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from adapter.core.errors import DecodeError, EncodeError, PositionError
 from adapter.core.positions import (
     MAX_COMMIT_METADATA_BYTES,
-    SYNAPSE_IN_MEMORY_STREAMS,
     Apply,
     Backfill,
     Decision,
@@ -208,7 +207,6 @@ def test_transcript(name: str) -> None:
 
 
 def test_in_memory_streams_are_the_synapse_ones() -> None:
-    assert {"typing", "federation", "presence_federation"} == SYNAPSE_IN_MEMORY_STREAMS
     tracker = PositionTracker(database_streams=["events"])
     assert tracker.is_database_stream("events")
     assert not tracker.is_database_stream("typing")

@@ -19,12 +19,12 @@ from adapter.io.kafka.consumer import PartitionStart
 from adapter.io.kafka.producer import Delivered, DeliveryCallback
 from adapter.io.kafka.records import KafkaRecord
 from adapter.io.metrics import Metrics
+from adapter.runtime.presence_follower import PresenceFollower
 from adapter.runtime.presence_sync import (
     INSTANCE_ID_LENGTH,
     PresenceSync,
     new_instance_id,
 )
-from adapter.runtime.presence_view import PresenceFollower
 from tests.fakes import FixedClock
 
 PREFIX = "synapse.test"

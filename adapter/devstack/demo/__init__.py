@@ -5,7 +5,7 @@ addresses to :class:`DemoScenario`, which runs the main job end to end and retur
 :class:`DemoReport`:
 
 1. **Setup.** Synapse's stream tables in the database, every topic, a presence
-   writer's view (:class:`~adapter.runtime.presence_view.PresenceFollower`, with a
+   writer's view (:class:`~adapter.runtime.presence_follower.PresenceFollower`, with a
    shortened expiry), two ``synkafka presence track`` processes (``sync1``,
    ``sync2``), and some *history*: rows written before the consumer ever started.
 2. **Live.** A simulated homeserver (:class:`SimulatedHomeserver`, in a thread)

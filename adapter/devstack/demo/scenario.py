@@ -44,7 +44,7 @@ from adapter.io.kafka.admin import Admin
 from adapter.io.kafka.consumer import Consumer
 from adapter.io.kafka.producer import Producer
 from adapter.runtime.lag import LagRow
-from adapter.runtime.presence_view import PresenceFollower
+from adapter.runtime.presence_follower import PresenceFollower
 from adapter.runtime.publisher import Publisher
 
 __all__ = ["DemoScenario"]
