@@ -58,6 +58,7 @@ from adapter.core.errors import (
     SchemaError,
     UnknownStreamDecodeError,
 )
+from adapter.core.feed import FeedEvent
 from adapter.core.frozen import frozen_maker
 from adapter.core.ports import StreamUpdate, make_update
 from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
@@ -75,7 +76,7 @@ __all__ = [
     "row_name",
 ]
 
-Record: TypeAlias = Command | PresenceSnapshot
+Record: TypeAlias = Command | PresenceSnapshot | FeedEvent
 """Anything that is a whole Kafka record value."""
 
 MAGIC: Final = b"\xc3\x01"
@@ -92,6 +93,7 @@ _ROOT_NAMES: Final[Mapping[type[Any], str]] = {
         for cls in COMMAND_CLASSES
     },
     PresenceSnapshot: "synkafka.presence.PresenceSnapshot",
+    FeedEvent: "synkafka.feed.Event",
 }
 _NESTED_NAMES: Final[Mapping[type[Any], str]] = {
     **{cls: "synkafka.row." + cls.__name__.removesuffix("Row") for cls in ROW_CLASSES},
