@@ -36,11 +36,15 @@ from adapter.core.rows import EventsEventRow
 __all__ = [
     "DEFAULT_FEED_PARTITIONS",
     "FeedEvent",
+    "FeedInput",
     "Missing",
+    "Output",
     "Publish",
+    "Undecodable",
     "feed_decisions",
     "feed_event_ids",
     "feed_event_to_json",
+    "plan_batch",
 ]
 
 #: Partitions of ``<prefix>.feed.events`` when none is asked for: the most consumers
@@ -145,3 +149,62 @@ def feed_event_to_json(event: FeedEvent) -> dict[str, Any]:
     JSON as Synapse stored it, so the bytes a reader hashes or verifies are Synapse's.
     """
     return asdict(event)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedInput:
+    """One record of the events stream topic, as the feed's shell decoded it.
+
+    Attributes:
+        topic: where it is.
+        partition: its partition.
+        offset: its offset.
+        rows: its RDATA rows (empty for a POSITION, which the feed does not need).
+        error: why it could not be decoded, else ``None``.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    rows: tuple[object, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """An input record that is not a readable events-stream record: dead-letter it."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+Output = Publish | Missing | Undecodable
+
+
+def plan_batch(
+    inputs: Sequence[FeedInput], stored: Mapping[str, FeedEvent]
+) -> tuple[list[Output], dict[tuple[str, int], int]]:
+    """What one transaction writes, in input order, and the input offsets it commits.
+
+    Args:
+        inputs: the batch's records, in the order they were read.
+        stored: the database's answer for :func:`feed_event_ids` of all their rows.
+
+    Returns:
+        The outputs, and per (topic, partition) the next offset to consume (one past
+        the last record of the batch): every input record is accounted for by an
+        output or by being a record the feed has nothing to say about.
+    """
+    outputs: list[Output] = []
+    next_offsets: dict[tuple[str, int], int] = {}
+    for item in inputs:
+        next_offsets[(item.topic, item.partition)] = item.offset + 1
+        if item.error is not None:
+            outputs.append(
+                Undecodable(item.topic, item.partition, item.offset, item.error)
+            )
+            continue
+        outputs.extend(feed_decisions(item.rows, stored))
+    return outputs, next_offsets
