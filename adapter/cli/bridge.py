@@ -12,6 +12,8 @@ from adapter.cli._app import app
 from adapter.cli.common import (
     DbPasswordFileOpt,
     LogLevelOpt,
+    MetricsHostOpt,
+    MetricsPortOpt,
     PrefixOpt,
     RedisPasswordFileOpt,
     ServerNameOpt,
@@ -78,20 +80,8 @@ def bridge(
     redis_password_file: RedisPasswordFileOpt = None,
     db_password_file: DbPasswordFileOpt = None,
     prefix: PrefixOpt = None,
-    metrics_port: Annotated[
-        int,
-        typer.Option(
-            "--metrics-port",
-            envvar="SYNKAFKA_METRICS_PORT",
-            help="Port for /metrics, /health and /ready (0: a free port, -1: off).",
-        ),
-    ] = 9467,
-    metrics_host: Annotated[
-        str,
-        typer.Option(
-            "--metrics-host", envvar="SYNKAFKA_METRICS_HOST", help="Bind address."
-        ),
-    ] = "127.0.0.1",
+    metrics_port: MetricsPortOpt = 9467,
+    metrics_host: MetricsHostOpt = "127.0.0.1",
     log_level: LogLevelOpt = "INFO",
     presence_sync_window: Annotated[
         float,

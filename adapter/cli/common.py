@@ -62,6 +62,8 @@ __all__ = [
     "KafkaPasswordOpt",
     "KafkaUserOpt",
     "LogLevelOpt",
+    "MetricsHostOpt",
+    "MetricsPortOpt",
     "OverridesOpt",
     "PrefixOpt",
     "RedisPasswordFileOpt",
@@ -258,6 +260,20 @@ TimeoutOpt = Annotated[
         help="Seconds to wait for Kafka to answer before giving up with one line "
         "naming the bootstrap servers.",
         rich_help_panel=_KAFKA,
+    ),
+]
+MetricsPortOpt = Annotated[
+    int,
+    typer.Option(
+        "--metrics-port",
+        envvar="SYNKAFKA_METRICS_PORT",
+        help="Port for /metrics, /health and /ready (0: a free port, -1: off).",
+    ),
+]
+MetricsHostOpt = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host", envvar="SYNKAFKA_METRICS_HOST", help="Bind address."
     ),
 ]
 LogLevelOpt = Annotated[

@@ -17,6 +17,8 @@ from adapter.cli.common import (
     DbPasswordFileOpt,
     InstanceOpt,
     LogLevelOpt,
+    MetricsHostOpt,
+    MetricsPortOpt,
     PrefixOpt,
     ServerNameOpt,
     db_dsn,
@@ -116,20 +118,8 @@ def consume(
             "dead-letter: write it to the dead-letter topic and go on.",
         ),
     ] = "stop",
-    metrics_port: Annotated[
-        int,
-        typer.Option(
-            "--metrics-port",
-            envvar="SYNKAFKA_METRICS_PORT",
-            help="Port for /metrics, /health and /ready (0: a free port, -1: off).",
-        ),
-    ] = 9466,
-    metrics_host: Annotated[
-        str,
-        typer.Option(
-            "--metrics-host", envvar="SYNKAFKA_METRICS_HOST", help="Bind address."
-        ),
-    ] = "127.0.0.1",
+    metrics_port: MetricsPortOpt = 9466,
+    metrics_host: MetricsHostOpt = "127.0.0.1",
     commit_interval: Annotated[
         float,
         typer.Option("--commit-interval", min=0.05, help="Seconds between commits."),

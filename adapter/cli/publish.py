@@ -30,7 +30,7 @@ from adapter.cli.common import (
     resolve_prefix,
     with_kafka_options,
 )
-from adapter.codec.avro_codec import decode, encode
+from adapter.codec.avro_codec import Payload, decode, encode
 from adapter.core import topics
 from adapter.core.commands import Command, PositionCommand, RdataCommand, parse_line
 from adapter.core.config import KafkaSettings
@@ -41,6 +41,7 @@ from adapter.core.errors import (
     EncodeError,
     KafkaIOError,
 )
+from adapter.core.feed import FeedEvent, feed_event_to_json
 from adapter.core.presence_snapshot import PresenceSnapshot
 from adapter.core.rows import STREAM_NAMES, row_from_wire, row_to_wire
 from adapter.io.kafka.admin import Admin
@@ -392,8 +393,10 @@ def _partial_failure(
     )
 
 
-def record_to_json(command: Command | PresenceSnapshot) -> dict[str, Any]:
+def record_to_json(command: Payload) -> dict[str, Any]:
     """A decoded record as a JSON-ready dict (rows in Synapse's wire form)."""
+    if isinstance(command, FeedEvent):
+        return {"command": "FEED_EVENT", **feed_event_to_json(command)}
     if isinstance(command, RdataCommand):
         return {
             "command": "RDATA",

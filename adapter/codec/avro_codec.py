@@ -58,6 +58,7 @@ from adapter.core.errors import (
     SchemaError,
     UnknownStreamDecodeError,
 )
+from adapter.core.feed import FeedEvent
 from adapter.core.frozen import frozen_maker
 from adapter.core.ports import StreamUpdate, make_update
 from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
@@ -74,8 +75,8 @@ __all__ = [
     "row_name",
 ]
 
-Payload: TypeAlias = Command | PresenceSnapshot
-"""What one Kafka record value holds: a command or a presence snapshot."""
+Payload: TypeAlias = Command | PresenceSnapshot | FeedEvent
+"""What one Kafka record value holds: a command, a presence snapshot or a feed event."""
 
 MAGIC: Final = b"\xc3\x01"
 """The two marker bytes of Avro single-object encoding."""
@@ -91,6 +92,7 @@ _ROOT_NAMES: Final[Mapping[type[Any], str]] = {
         for cls in COMMAND_CLASSES
     },
     PresenceSnapshot: "synkafka.presence.PresenceSnapshot",
+    FeedEvent: "synkafka.feed.Event",
 }
 _NESTED_NAMES: Final[Mapping[type[Any], str]] = {
     **{cls: "synkafka.row." + cls.__name__.removesuffix("Row") for cls in ROW_CLASSES},

@@ -95,6 +95,7 @@ ROOT_NAMES: Final[tuple[str, ...]] = (
     "synkafka.command.Ping",
     "synkafka.command.Error",
     "synkafka.presence.PresenceSnapshot",
+    "synkafka.feed.Event",
 )
 """Types that are a whole Kafka record value. Every other type is nested in these."""
 

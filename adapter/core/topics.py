@@ -59,6 +59,9 @@ __all__ = [
     "default_prefix",
     "diff_topic",
     "dlq_topic",
+    "feed_group",
+    "feed_topic",
+    "feed_topic_spec",
     "missing_topic_message",
     "parse_position_key",
     "position_key",
@@ -283,6 +286,20 @@ def dlq_topic(prefix: str) -> str:
     return _topic(prefix, "dlq")
 
 
+def feed_topic(prefix: str) -> str:
+    """Name the event feed's topic: ``<prefix>.feed.events`` (one record per event)."""
+    return _topic(prefix, "feed.events")
+
+
+def feed_group(prefix: str) -> str:
+    """Name the consumer group of ``synkafka feed`` itself: ``<prefix>.feed``.
+
+    One feed process runs per prefix; its transactional ID has the same name, so a
+    second one fences the first instead of doubling the feed.
+    """
+    return _topic(prefix, "feed")
+
+
 def consumer_group(prefix: str, instance_name: str) -> str:
     """Name the consumer group of one consuming instance: ``<prefix>.<instance_name>``.
 
@@ -439,6 +456,27 @@ def topic_specs(
         ),
     ]
     return specs
+
+
+def feed_topic_spec(
+    prefix: str,
+    *,
+    partitions: int,
+    retention_ms: int = DEFAULT_STREAM_RETENTION_MS,
+) -> TopicSpec:
+    """Describe ``<prefix>.feed.events``: room-keyed, ``partitions`` wide.
+
+    Raises:
+        ConfigError: the prefix is illegal or a number is not positive.
+    """
+    if retention_ms <= 0:
+        raise ConfigError(f"feed retention must be positive, got {retention_ms}")
+    return TopicSpec(
+        feed_topic(prefix),
+        partitions,
+        {"cleanup.policy": "delete", "retention.ms": str(retention_ms)},
+        "every event with its content, keyed by room ID (transactional)",
+    )
 
 
 def _normalise(key: str, value: str) -> str | frozenset[str]:

@@ -325,6 +325,32 @@ class Metrics:
             registry=r,
         )
 
+        # The event feed.
+        self.feed_events = Counter(
+            "synkafka_feed_events",
+            "Events-stream rows handled by the feed: published, or missing content.",
+            ["outcome"],
+            registry=r,
+        )
+        self.feed_transactions = Counter(
+            "synkafka_feed_transactions",
+            "Feed transactions, committed or aborted (then retried).",
+            ["outcome"],
+            registry=r,
+        )
+        self.feed_stream_ordering = Gauge(
+            "synkafka_feed_stream_ordering",
+            "Stream ordering of the last event the feed committed, by persister.",
+            ["writer"],
+            registry=r,
+        )
+        self.feed_batch_seconds = Histogram(
+            "synkafka_feed_batch_seconds",
+            "Seconds from polling a batch to its transaction's commit.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+
 
 def default_metrics() -> Metrics:
     """The process-wide metrics on prometheus_client's default registry.

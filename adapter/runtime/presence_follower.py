@@ -47,6 +47,7 @@ from adapter.codec.avro_codec import decode
 from adapter.core import topics
 from adapter.core.commands import ClearUserSyncsCommand, UserSyncCommand
 from adapter.core.errors import ConfigError, DecodeError, DeliveryError
+from adapter.core.feed import FeedEvent
 from adapter.core.presence import (
     DEFAULT_EXPIRY_MS,
     InstanceSummary,
@@ -449,7 +450,8 @@ class PresenceFollower:
         elif isinstance(value, UserSyncCommand):
             self._apply_user_sync(value, record.timestamp_ms or now_ms, now_ms)
         else:
-            self._bad(record, f"{value.NAME} does not belong on the presence topic")
+            what = "a feed event" if isinstance(value, FeedEvent) else value.NAME
+            self._bad(record, f"{what} does not belong on the presence topic")
 
     def _apply_user_sync(
         self, command: UserSyncCommand, heartbeat_ms: int, now_ms: int

@@ -179,6 +179,7 @@ def test_compose_has_the_designed_services(compose: dict[str, Any]) -> None:
         "synapse-worker1",
         "synkafka-bridge",
         "synkafka-consumer",
+        "synkafka-feed",
         "kafka-exporter",
         "prometheus",
         "grafana",
@@ -298,7 +299,7 @@ def test_synapse_config_enables_redis_and_the_worker(compose: dict[str, Any]) ->
     assert worker["worker_app"] == "synapse.app.generic_worker"
     assert "password" not in main["database"]["args"]
     server_name = main["server_name"]
-    for service in ("synkafka-bridge", "synkafka-consumer"):
+    for service in ("synkafka-bridge", "synkafka-consumer", "synkafka-feed"):
         command = compose["services"][service]["command"]
         assert command[command.index("--server-name") + 1] == server_name
 
@@ -340,6 +341,7 @@ def test_scrape_targets_are_compose_services(compose: dict[str, Any]) -> None:
                     assert host in compose["services"], target
     assert jobs["synkafka-bridge"] == "synkafka-bridge:9466"
     assert jobs["synkafka-consumer"] == "synkafka-consumer:9466"
+    assert jobs["synkafka-feed"] == "synkafka-feed:9466"
     assert jobs["kafka-exporter"] == "kafka-exporter:9308"
     mounts = compose["services"]["prometheus"]["volumes"]
     assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts

@@ -73,7 +73,16 @@ PRODUCTION = [p for p in _command_paths() if p[0] != "demo"]
 
 def test_every_command_of_the_issue_is_covered() -> None:
     tops = {path[0] for path in PRODUCTION}
-    expected = {"consume", "bridge", "presence", "lag", "tail", "topics", "publish"}
+    expected = {
+        "consume",
+        "bridge",
+        "presence",
+        "lag",
+        "tail",
+        "topics",
+        "publish",
+        "feed",
+    }
     assert tops >= expected | {"schemas"}
 
 

@@ -1,0 +1,210 @@
+"""The event feed's rules: Synapse's events, with their content, one record per event.
+
+The events stream tells *that* an event was persisted (an ``ev`` row: ID, room, type,
+flags), not what it says. The feed joins each ``ev`` row with the event as Synapse
+stored it (``events``, ``event_json``, ``rejections``, ``redactions``) and publishes
+one :class:`FeedEvent` per row on ``<prefix>.feed.events``, keyed by room ID so that a
+room's events stay in order on one partition.
+
+What the feed does with Synapse's special cases (docs/feed.md says why):
+
+* **rejected** events are published, with ``rejected`` set and the reason: an audit
+  or moderation reader needs to see them; a search indexer skips them.
+* **outliers** are published with ``outlier`` set. When Synapse later takes an event
+  out of outlier state it sends a second ``ev`` row for it, and the feed publishes the
+  event again with ``outlier`` false: ``(event_id, outlier)`` is unique on the feed.
+* **backfilled** history (negative stream orderings) travels on the ``backfill``
+  stream, not ``events``; the feed does not carry it.
+* **redactions**: the redaction event is published like any other, with ``redacts``
+  naming its target. The target's own record stays as published (a Kafka log is not
+  rewritten): readers that show content must apply redactions themselves.
+* an event whose content the database **no longer has** (a purged room or history) is
+  not published; it goes to the dead-letter topic as a reference, and is counted.
+
+Everything here is pure: the runtime reads the rows and the database and carries out
+the decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Final
+
+from adapter.core.rows import EventsEventRow
+
+__all__ = [
+    "DEFAULT_FEED_PARTITIONS",
+    "FeedEvent",
+    "FeedInput",
+    "Missing",
+    "Output",
+    "Publish",
+    "Undecodable",
+    "feed_decisions",
+    "feed_event_ids",
+    "feed_event_to_json",
+    "plan_batch",
+]
+
+#: Partitions of ``<prefix>.feed.events`` when none is asked for: the most consumers
+#: one group can spread over.
+DEFAULT_FEED_PARTITIONS: Final = 12
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """One event on the feed: Avro ``synkafka.feed.Event``.
+
+    Attributes:
+        event_id: the event's ID.
+        room_id: its room (the record key).
+        type: its type, e.g. ``m.room.message``.
+        state_key: the state key of a state event, else ``None``.
+        sender: the user who sent it.
+        origin_server_ts: when its server says it was sent, in ms since the epoch.
+        stream_ordering: its position on Synapse's events stream.
+        instance_name: the event persister that wrote it (``None`` on old Synapses).
+        outlier: Synapse holds it outside the room's timeline (see the module notes).
+        rejected: Synapse rejected it (auth or validation).
+        rejection_reason: why, when rejected.
+        redacts: for a redaction, the event it redacts.
+        format_version: ``event_json.format_version`` (the event format).
+        json: the event's JSON exactly as ``event_json.json`` holds it.
+    """
+
+    event_id: str
+    room_id: str
+    type: str
+    state_key: str | None
+    sender: str
+    origin_server_ts: int
+    stream_ordering: int
+    instance_name: str | None
+    outlier: bool
+    rejected: bool
+    rejection_reason: str | None
+    redacts: str | None
+    format_version: int | None
+    json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``event`` on the feed, keyed by its room."""
+
+    event: FeedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """The database has no content for this row's event: dead-letter a reference."""
+
+    event_id: str
+    room_id: str
+    reason: str
+
+
+def feed_event_ids(rows: Iterable[object]) -> list[str]:
+    """The event IDs whose content the feed needs for these events-stream rows, in order.
+
+    Only ``ev`` rows name an event; ``state`` and ``state-all`` rows are about current
+    state and are not feed records.
+    """
+    return [row.event_id for row in rows if isinstance(row, EventsEventRow)]
+
+
+def feed_decisions(
+    rows: Sequence[object], stored: Mapping[str, FeedEvent]
+) -> list[Publish | Missing]:
+    """What to do with each ``ev`` row of a batch, in the rows' order.
+
+    Args:
+        rows: events-stream rows, in stream order (other row kinds are skipped).
+        stored: what the database returned for :func:`feed_event_ids` of the rows.
+
+    The row's ``outlier`` flag wins over the database's: a later un-outliering
+    changes the table, and each row must say what was true when it was sent.
+    """
+    decisions: list[Publish | Missing] = []
+    for row in rows:
+        if not isinstance(row, EventsEventRow):
+            continue
+        event = stored.get(row.event_id)
+        if event is None:
+            decisions.append(
+                Missing(row.event_id, row.room_id, "no content in the database")
+            )
+            continue
+        if event.outlier != row.outlier:
+            event = replace(event, outlier=row.outlier)
+        decisions.append(Publish(event))
+    return decisions
+
+
+def feed_event_to_json(event: FeedEvent) -> dict[str, Any]:
+    """The JSON object form of a feed record (``--value-format json``).
+
+    The same fields as the Avro record; ``json`` stays a string holding the event's
+    JSON as Synapse stored it, so the bytes a reader hashes or verifies are Synapse's.
+    """
+    return asdict(event)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedInput:
+    """One record of the events stream topic, as the feed's shell decoded it.
+
+    Attributes:
+        topic: where it is.
+        partition: its partition.
+        offset: its offset.
+        rows: its RDATA rows (empty for a POSITION, which the feed does not need).
+        error: why it could not be decoded, else ``None``.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    rows: tuple[object, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """An input record that is not a readable events-stream record: dead-letter it."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+Output = Publish | Missing | Undecodable
+
+
+def plan_batch(
+    inputs: Sequence[FeedInput], stored: Mapping[str, FeedEvent]
+) -> tuple[list[Output], dict[tuple[str, int], int]]:
+    """What one transaction writes, in input order, and the input offsets it commits.
+
+    Args:
+        inputs: the batch's records, in the order they were read.
+        stored: the database's answer for :func:`feed_event_ids` of all their rows.
+
+    Returns:
+        The outputs, and per (topic, partition) the next offset to consume (one past
+        the last record of the batch): every input record is accounted for by an
+        output or by being a record the feed has nothing to say about.
+    """
+    outputs: list[Output] = []
+    next_offsets: dict[tuple[str, int], int] = {}
+    for item in inputs:
+        next_offsets[(item.topic, item.partition)] = item.offset + 1
+        if item.error is not None:
+            outputs.append(
+                Undecodable(item.topic, item.partition, item.offset, item.error)
+            )
+            continue
+        outputs.extend(feed_decisions(item.rows, stored))
+    return outputs, next_offsets
