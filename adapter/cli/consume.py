@@ -26,6 +26,7 @@ from adapter.cli.common import (
     setup_logging,
     with_kafka_options,
 )
+from adapter.core.catchup import CatchUp, StartFrom
 from adapter.core.config import KafkaSettings
 from adapter.core.errors import ConfigError
 from adapter.core.ports import Handler
@@ -33,11 +34,12 @@ from adapter.core.rows import STREAM_NAMES
 from adapter.io.metrics import default_metrics
 from adapter.runtime import interpreter
 from adapter.runtime.backfill import DatabaseReader
-from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer, StartFrom
+from adapter.runtime.consumer import ConsumerOptions, ReplicationConsumer
 from adapter.runtime.db_probe import DatabaseProbe
 from adapter.runtime.health import Check, HealthServer
 from adapter.runtime.progress import ProgressReporter
 from adapter.runtime.sinks import JsonLinesSink, load_handler
+from adapter.runtime.stream_worker import HandlerPolicy
 
 __all__ = ["consume", "install_stop_signals"]
 
@@ -77,7 +79,7 @@ def consume(
     ] = None,
     db_password_file: DbPasswordFileOpt = None,
     start_from: Annotated[
-        str,
+        StartFrom,
         typer.Option(
             "--from",
             help="committed: resume and backfill; latest: start at the head; "
@@ -85,7 +87,7 @@ def consume(
         ),
     ] = "committed",
     catch_up: Annotated[
-        str,
+        CatchUp,
         typer.Option(
             "--catch-up",
             help="How a resumed consumer with --db reads what it missed. database: "
@@ -111,7 +113,7 @@ def consume(
         ),
     ] = None,
     on_handler_error: Annotated[
-        str,
+        HandlerPolicy,
         typer.Option(
             "--on-handler-error",
             help="stop: exit without committing past the failing update; "
@@ -139,12 +141,6 @@ def consume(
     """
     setup_logging(log_level)
     instance_name = instance_name or f"consumer-{socket.gethostname()}"
-    if start_from not in ("committed", "latest", "earliest"):
-        raise ConfigError("--from must be committed, latest or earliest")
-    if catch_up not in ("kafka", "database"):
-        raise ConfigError("--catch-up must be kafka or database")
-    if on_handler_error not in ("stop", "dead-letter"):
-        raise ConfigError("--on-handler-error must be stop or dead-letter")
     streams = tuple(stream or STREAM_NAMES)
     unknown = sorted(set(streams) - set(STREAM_NAMES))
     if unknown:
@@ -162,10 +158,10 @@ def consume(
         prefix=resolve_prefix(prefix, server_name),
         instance_name=instance_name,
         streams=streams,
-        start_from=_start_from(start_from),
-        catch_up="kafka" if catch_up == "kafka" else "database",
+        start_from=start_from,
+        catch_up=catch_up,
         commit_interval_s=commit_interval,
-        handler_policy="dead-letter" if on_handler_error == "dead-letter" else "stop",
+        handler_policy=on_handler_error,
     )
     dsn = db_dsn(db, db_password_file) if db is not None else None
     consumer = ReplicationConsumer(
@@ -211,11 +207,3 @@ def consume(
             server.stop()
         if json_sink is not None:
             json_sink.close()
-
-
-def _start_from(value: str) -> StartFrom:
-    if value == "latest":
-        return "latest"
-    if value == "earliest":
-        return "earliest"
-    return "committed"

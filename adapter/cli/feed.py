@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -30,7 +30,7 @@ from adapter.core.feed import DEFAULT_FEED_PARTITIONS
 from adapter.io.kafka.admin import Admin
 from adapter.io.kafka.transactions import TransactionalPipe
 from adapter.io.metrics import default_metrics
-from adapter.runtime.feed import VALUE_FORMATS, EventContent, EventFeed, FeedOptions
+from adapter.runtime.feed import EventContent, EventFeed, FeedOptions
 from adapter.runtime.health import Check, HealthServer
 
 __all__ = ["feed"]
@@ -64,7 +64,7 @@ def feed(
         ),
     ] = DEFAULT_FEED_PARTITIONS,
     value_format: Annotated[
-        str,
+        Literal["avro", "json"],
         typer.Option(
             "--value-format",
             help="avro (single-object encoding, schema synkafka.feed.Event) or json "
@@ -72,7 +72,7 @@ def feed(
         ),
     ] = "avro",
     start: Annotated[
-        str,
+        Literal["earliest", "latest"],
         typer.Option(
             "--from",
             help="Where a feed with no committed progress starts on the events "
@@ -98,10 +98,6 @@ def feed(
     outliers are included, flagged; events the database no longer has go to the
     dead-letter topic. SIGTERM or Ctrl-C ends the open transaction and exits 0.
     """
-    if value_format not in VALUE_FORMATS:
-        raise ConfigError(f"--value-format must be avro or json, got {value_format!r}")
-    if start not in ("earliest", "latest"):
-        raise ConfigError(f"--from must be earliest or latest, got {start!r}")
     setup_logging(log_level)
     resolved = resolve_prefix(prefix, server_name)
     dsn = db_dsn(db, db_password_file)
