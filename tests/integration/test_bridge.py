@@ -806,6 +806,39 @@ def test_an_instance_leaves_when_every_connection_that_may_carry_it_closed(
     assert gone_after < 3.0
 
 
+def test_a_redis_user_without_client_list_turns_the_probe_off_once(
+    redis_url: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    user = f"probe-{unique_name}"
+    # What a bridge role limited to replication may run (docs/security.md), and the
+    # same with the probe's two commands.
+    limited = ["-@all", "+subscribe", "+publish", "+ping", "+client|setname"]
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], commands=limited)
+    host = redis_url.split("//", 1)[1]
+    try:
+        clients = RedisClients(f"redis://{user}:pw@{host}")
+        with caplog.at_level(logging.WARNING, logger="adapter.io.redis.clients"):
+            assert clients.list() is None
+            assert clients.list() is None
+        assert not clients.enabled
+        assert len(caplog.records) == 1, caplog.text
+        assert "time windows alone" in caplog.text
+        clients.close()
+        admin.acl_setuser(
+            user, enabled=True, commands=["+client|list", "+info"], reset=False
+        )
+        allowed = RedisClients(f"redis://{user}:pw@{host}")
+        listed = allowed.list()
+        assert listed is not None
+        assert listed[0].server
+        assert allowed.enabled
+        allowed.close()
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
+
+
 # --- the CLI ----------------------------------------------------------------------------
 
 
