@@ -524,6 +524,8 @@ class Bridge:
         self._apply_presence(self._presence.tick(self._now_ms()))
         if self._clients is None or now_s < self._next_probe:
             return
+        if not self._subscriber.connected:
+            return  # Redis is down: the subscriber reports that; nothing to judge
         self._next_probe = now_s + self._probe_interval_s
         listed = self._list_clients()
         if listed is not None:

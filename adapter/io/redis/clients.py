@@ -19,7 +19,6 @@ from typing import Final
 import redis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from adapter.core.logdedup import LogDeduplicator
 from adapter.core.redis_clients import (
     DEFAULT_MAX_IDLE_S,
     OWN_NAME_PREFIX,
@@ -57,13 +56,12 @@ class RedisClients:
         self._max_idle_s = max_idle_s
         self.enabled = True
         """False once Redis refused the commands (the probe then stays off)."""
-        self._failures = LogDeduplicator()
 
     def list(self) -> tuple[ClientList, float] | None:
         """The client list and ``time.monotonic()`` when Redis answered it.
 
-        Returns None when the probe is off or Redis could not answer (logged at
-        most every 30 s); nothing is decided from a list that did not come.
+        Returns None when the probe is off or Redis could not answer; nothing is
+        decided from a list that did not come.
         """
         if not self.enabled:
             return None
@@ -82,8 +80,8 @@ class RedisClients:
             )
             return None
         except (RedisError, OSError) as exc:
-            if self._failures.admit("cannot list Redis clients").show:
-                logger.info("cannot list Redis clients: %s", exc)
+            # The subscriber reports an outage; this only says the probe skipped.
+            logger.debug("cannot list the clients: %s", exc)
             return None
         taken_s = time.monotonic()
         clients = read_client_list(
