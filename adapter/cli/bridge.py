@@ -37,10 +37,10 @@ from adapter.core.presence_snapshot import PresenceSnapshot
 from adapter.io.kafka.consumer import Consumer
 from adapter.io.kafka.producer import Producer
 from adapter.io.metrics import default_metrics
-from adapter.io.redis import ReplicationSubscriber
+from adapter.io.redis import RedisClients, ReplicationSubscriber
 from adapter.runtime import interpreter
 from adapter.runtime.backfill import DatabaseReader
-from adapter.runtime.bridge import Bridge
+from adapter.runtime.bridge import DEFAULT_PROBE_INTERVAL_S, Bridge
 from adapter.runtime.db_probe import DatabaseProbe
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import Check, DependencyStatus, HealthServer
@@ -103,6 +103,17 @@ def bridge(
             "that user's worker listed (rows come about once a minute).",
         ),
     ] = DEFAULT_LIVE_WINDOW_MS / 1000,
+    presence_probe_interval: Annotated[
+        float,
+        typer.Option(
+            "--presence-probe-interval",
+            envvar="SYNKAFKA_PRESENCE_PROBE_INTERVAL",
+            min=0.0,
+            help="Seconds between two CLIENT LIST checks for a worker whose Redis "
+            "connections closed (its users then leave at once); 0: off, the "
+            "windows alone decide. Needs CLIENT LIST and INFO in the Redis ACL.",
+        ),
+    ] = DEFAULT_PROBE_INTERVAL_S,
     *,
     kafka: KafkaSettings,
 ) -> None:
@@ -120,9 +131,9 @@ def bridge(
     metrics = default_metrics()
     stop = threading.Event()
     install_stop_signals(stop)
-    subscriber = ReplicationSubscriber(
-        redis_url(redis, redis_password_file), server_name
-    )
+    url = redis_url(redis, redis_password_file)
+    subscriber = ReplicationSubscriber(url, server_name)
+    clients = RedisClients(url) if presence_probe_interval > 0 else None
     dsn = db_dsn(db, db_password_file) if db is not None else None
     database = DependencyStatus()
     # The producer of the current attempt (a new one after each Kafka failure).
@@ -192,6 +203,8 @@ def bridge(
                     dead_letters=dead_letters,
                     presence_windows=windows,
                     database=database,
+                    clients=clients,
+                    probe_interval_s=presence_probe_interval,
                 )
                 # This command owns the process: fewer collections keep the
                 # bridge's latency flat (see interpreter.GC_THRESHOLD). The switch
@@ -214,6 +227,8 @@ def bridge(
     finally:
         if probe is not None:
             probe.stop()
+        if clients is not None:
+            clients.close()
         dead_letters.close()
         if server is not None:
             server.stop()

@@ -21,9 +21,16 @@ liveness from the level signal:
   ``live_window_ms``. An alive instance's snapshot is republished every
   ``heartbeat_interval_ms`` with a fresh heartbeat, so readers with any expiry down to
   a few heartbeats keep it.
-* **Gone** means: not alive, or a ``CLEAR_USER_SYNC``. The bridge then removes the
-  instance from the compacted topic (a tombstone), so readers drop it at once and
-  compaction forgets the key.
+* **Gone** means: not alive, or a ``CLEAR_USER_SYNC``, or **every Redis connection
+  that may carry its lines has closed**. The last one is the death signal: after
+  each ``USER_SYNC`` the caller lists Redis's clients and ties the instance to the
+  connections that had just published (:meth:`BridgedPresence.publishers_seen`,
+  narrowed at every tie); a periodic list (:meth:`BridgedPresence.connections_listed`)
+  finds them closed within seconds of the worker's exit, SIGTERM or SIGKILL, while
+  Synapse's own writer waits for its timers. An instance whose candidates include a
+  process that lives on is not decided this way and keeps the windows below. The
+  bridge then removes the instance from the compacted topic (a tombstone), so
+  readers drop it at once and compaction forgets the key.
 * **Offline.** A ``presence`` row that says ``offline`` removes the user from every
   instance: Synapse no longer counts the user, and neither do we.
 
@@ -31,12 +38,13 @@ The live window must be longer than the longest quiet spell of a live user's
 evidence: rows come about every 60 s, each with a ``last_user_sync_ts`` up to ~15 s
 old, so 75 s can pass; the default is 120 s. The first row comes only about 2 minutes
 after a user starts syncing, which the ``USER_SYNC`` window covers. A worker that dies
-therefore leaves the view at the later of 5 minutes after its last ``USER_SYNC`` (when
-Synapse's writer stops counting its syncs too) and 120 s after its users' last sync,
-or at once when the writer publishes them offline. Synapse can be quicker for a user
-whose ``USER_SYNC`` is older than 5 minutes (it then goes by the worker's HTTP relays,
-30 s after the last one, which Redis does not carry); docs/presence.md has the
-measured times. The rule needs Synapse's presence enabled (its default); without
+therefore leaves the view when its connections are seen closed, or else at the
+later of 5 minutes after its last ``USER_SYNC`` (when Synapse's writer stops counting
+its syncs too) and 120 s after its users' last sync, or at once when the writer
+publishes them offline. Without the connection signal Synapse can be quicker for a
+user whose ``USER_SYNC`` is older than 5 minutes (it then goes by the worker's HTTP
+relays, 30 s after the last one, which Redis does not carry); docs/presence.md has
+the measured times. The rule needs Synapse's presence enabled (its default); without
 presence rows an instance lives ``user_sync_window_ms`` past its last ``USER_SYNC``.
 
 Pure: time comes in as ``now_ms``; the caller publishes what the methods return.
@@ -49,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from adapter.core.presence_snapshot import PresenceSnapshot, SyncingDevice
+from adapter.core.redis_clients import ClientList
 
 __all__ = [
     "DEFAULT_BRIDGE_HEARTBEAT_MS",
@@ -89,6 +98,10 @@ class _Instance:
     devices: dict[tuple[str, str | None], int] = field(default_factory=dict)
     last_command_ms: int = 0
     last_published_ms: int | None = None
+    # The Redis connections that may carry its lines (one of them does), and the
+    # server run they belong to; None until a USER_SYNC has been tied.
+    connections: frozenset[int] | None = None
+    redis_run: str = ""
 
 
 def _device_order(item: tuple[tuple[str, str | None], int]) -> tuple[str, bool, str]:
@@ -157,6 +170,50 @@ class BridgedPresence:
         else:
             instance.devices.pop((user_id, device_id), None)
         return [self._publish(instance_id, instance, now_ms)]
+
+    def publishers_seen(self, instance_id: str, clients: ClientList) -> None:
+        """Tie an instance to the connections that may have carried its ``USER_SYNC``.
+
+        ``clients`` must have been listed after that ``USER_SYNC`` was published
+        and within about a second of it (the caller checks), so its
+        ``recent_publishers`` hold the instance's publisher. Each tie narrows the
+        candidates to those seen every time; a disjoint set means the worker
+        reconnected, and replaces them.
+        """
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            return
+        seen = clients.recent_publishers
+        known = instance.connections
+        if known is not None and instance.redis_run == clients.server and known & seen:
+            instance.connections = known & seen
+        else:
+            instance.connections = seen or None
+            instance.redis_run = clients.server
+
+    def connections_listed(self, clients: ClientList) -> list[Action]:
+        """Apply a periodic ``CLIENT LIST``: an instance whose candidates all closed is gone.
+
+        Candidates from another Redis run (a restart, a failover) are forgotten:
+        client IDs do not compare across runs; the next ``USER_SYNC`` ties again.
+        """
+        actions: list[Action] = []
+        for instance_id in sorted(self._instances):
+            instance = self._instances[instance_id]
+            known = instance.connections
+            if known is None:
+                continue
+            if instance.redis_run != clients.server:
+                instance.connections = None
+                continue
+            alive = known & clients.present
+            if alive:
+                instance.connections = alive
+                continue
+            del self._instances[instance_id]
+            self._disown(instance_id)
+            actions.append(Gone(instance_id, "its Redis connections closed"))
+        return actions
 
     def clear(self, instance_id: str) -> list[Action]:
         """Apply a ``CLEAR_USER_SYNC``: the instance is gone."""

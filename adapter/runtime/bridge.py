@@ -13,8 +13,11 @@ For every line Synapse publishes on ``<server_name>`` and ``<server_name>/USER_I
   while the instance is alive by the rules of
   :class:`~adapter.core.bridged_presence.BridgedPresence` (its users' rows on the
   ``presence`` stream are the sign of life; Synapse sends USER_SYNC only on edges).
-  An instance that is gone (cleared, or no sign of life) gets a tombstone; a clear is
-  also published as the clear command itself;
+  An instance that is gone (cleared, its Redis connections closed, or no sign of
+  life) gets a tombstone; a clear is also published as the clear command itself.
+  The connections come from ``CLIENT LIST`` (:class:`~adapter.io.redis.RedisClients`):
+  listed right after each ``USER_SYNC`` to tie the instance to them, and every
+  ``probe_interval_s`` to see them close;
 * ``USER_IP``: to the user_ip topic. Its access token is never logged;
 * everything else: to the commands topic.
 
@@ -42,8 +45,9 @@ These rules (and the batch joining) are decided by the pure
 :class:`~adapter.core.bridge_rules.BridgeRules`; this module is its shell: it feeds the
 lines in and carries the decisions out.
 
-The bridge never writes RDATA or POSITION into Redis; its only Redis command is
-``REPLICATE`` after each (re)connect.
+The bridge never writes RDATA or POSITION into Redis; the only line it publishes is
+``REPLICATE`` after each (re)connect, and the only other commands it sends are the
+read-only ``INFO server`` and ``CLIENT LIST`` of the presence probe.
 """
 
 from __future__ import annotations
@@ -76,17 +80,23 @@ from adapter.core.errors import (
 from adapter.core.masking import mask_access_tokens, mask_user_ip_line
 from adapter.core.ports import BackfillReader
 from adapter.core.presence_snapshot import PresenceSnapshot
+from adapter.core.redis_clients import ClientList
 from adapter.core.rows import PresenceRow, Row
 from adapter.io.kafka.producer import Producer
 from adapter.io.metrics import HistogramBatch, Metrics
-from adapter.io.redis import RedisMessage, ReplicationSubscriber
+from adapter.io.redis import RedisClients, RedisMessage, ReplicationSubscriber
 from adapter.runtime.dead_letter_writer import DeadLetterWriter
 from adapter.runtime.health import DependencyStatus
 from adapter.runtime.presence_follower import TOMBSTONE_HEADER
 from adapter.runtime.progress import Progress, ProgressReporter
 from adapter.runtime.publisher import Publisher
 
-__all__ = ["DEFAULT_ANNOUNCE_INTERVAL_S", "Bridge", "BridgeStats"]
+__all__ = [
+    "DEFAULT_ANNOUNCE_INTERVAL_S",
+    "DEFAULT_PROBE_INTERVAL_S",
+    "Bridge",
+    "BridgeStats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +109,11 @@ _COUNTS_EVERY = 256
 
 #: How often the last RDATA token of each writer is recorded on the positions topic.
 DEFAULT_ANNOUNCE_INTERVAL_S: Final = 1.0
+#: How often Redis's client list is checked for closed worker connections.
+DEFAULT_PROBE_INTERVAL_S: Final = 2.0
+# A USER_SYNC is tied to the connections idle for at most 2 s (Redis's idle time has
+# whole seconds) only when the list was taken this soon after the line was read.
+_TIE_WITHIN_S: Final = 0.5
 
 
 @dataclass(slots=True)
@@ -112,6 +127,7 @@ class BridgeStats:
         gap_tokens: tokens covered by repaired gaps.
         unrepaired_gaps: gaps seen that could not be repaired.
         reconnects: Redis subscribes after the first one.
+        client_lists: ``CLIENT LIST`` answers the presence probe received.
     """
 
     lines: int = 0
@@ -120,6 +136,7 @@ class BridgeStats:
     gap_tokens: int = 0
     unrepaired_gaps: int = 0
     reconnects: int = 0
+    client_lists: int = 0
 
 
 class Bridge:
@@ -144,6 +161,8 @@ class Bridge:
             for each acknowledgement (a Redis line cannot be read again).
         presence_windows: keyword arguments of
             :class:`~adapter.core.bridged_presence.BridgedPresence` (tests shorten them).
+        clients: lists Redis's clients for the presence death signal; None: off.
+        probe_interval_s: how often ``clients`` looks for closed connections.
     """
 
     def __init__(
@@ -162,6 +181,8 @@ class Bridge:
         dead_letters: DeadLetterWriter,
         presence_windows: Mapping[str, int] | None = None,
         database: DependencyStatus | None = None,
+        clients: RedisClients | None = None,
+        probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
     ) -> None:
         self._subscriber = subscriber
         self._dead_letters = dead_letters
@@ -178,6 +199,11 @@ class Bridge:
         self._presence = BridgedPresence(**(presence_windows or {}))
         self._presence.seed(presence or {}, now_ms())
         self._presence_topic = topics.presence_topic(prefix)
+        self._clients = clients
+        self._probe_interval_s = probe_interval_s
+        self._next_probe = 0.0
+        # The last client list and when Redis answered it (monotonic seconds).
+        self._client_list: tuple[ClientList, float] | None = None
         self._announce_interval_s = announce_interval_s
         self.stats = BridgeStats()
         # Lines and commands are counted in plain dicts and added to the metrics
@@ -241,7 +267,7 @@ class Bridge:
                         self._publish_counts()
                 now = time.monotonic()
                 if now >= next_announce:
-                    self._apply_presence(self._presence.tick(self._now_ms()))
+                    self._presence_tick(now)
                     self._publisher.announce_positions()
                     producer.poll(0)
                     next_announce = now + self._announce_interval_s
@@ -454,6 +480,39 @@ class Bridge:
             now_ms=self._now_ms(),
         )
         self._apply_presence(actions, received_s)
+        self._tie(command.instance_id, received_s)
+
+    def _tie(self, instance_id: str, received_s: float) -> None:
+        """Tie the instance to the connections that may have published its line."""
+        if self._clients is None:
+            return
+        listed = self._client_list
+        if listed is None or listed[1] < received_s:
+            # One list serves every line read before it (a burst of USER_SYNC).
+            if time.monotonic() - received_s > _TIE_WITHIN_S:
+                return  # too late to be sure the publisher still looks recent
+            listed = self._client_list = self._list_clients()
+        if listed is not None and listed[1] - received_s <= _TIE_WITHIN_S:
+            self._presence.publishers_seen(instance_id, listed[0])
+
+    def _list_clients(self) -> tuple[ClientList, float] | None:
+        listed = self._clients.list() if self._clients is not None else None
+        if listed is not None:
+            self.stats.client_lists += 1
+        return listed
+
+    def _presence_tick(self, now_s: float) -> None:
+        """Heartbeats and windows; every ``probe_interval_s``, closed connections."""
+        self._apply_presence(self._presence.tick(self._now_ms()))
+        if self._clients is None or now_s < self._next_probe:
+            return
+        if not self._subscriber.connected:
+            return  # Redis is down: the subscriber reports that; nothing to judge
+        self._next_probe = now_s + self._probe_interval_s
+        listed = self._list_clients()
+        if listed is not None:
+            self._client_list = listed
+            self._apply_presence(self._presence.connections_listed(listed[0]))
 
     def _on_presence_rows(self, rows: Sequence[Row]) -> None:
         """The presence writer's rows: liveness evidence, or users gone offline."""

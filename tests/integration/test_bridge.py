@@ -51,7 +51,7 @@ from adapter.io.kafka.consumer import BEGINNING, Consumer, PartitionStart
 from adapter.io.kafka.producer import Producer
 from adapter.io.kafka.records import KafkaRecord
 from adapter.io.metrics import CollectorRegistry, Metrics
-from adapter.io.redis import ReplicationSubscriber
+from adapter.io.redis import RedisClients, ReplicationSubscriber
 from adapter.io.redis.subscriber import CLIENT_NAME
 from adapter.runtime.backfill import DatabaseReader
 from adapter.runtime.bridge import Bridge
@@ -87,6 +87,7 @@ class BridgeRun:
         dsn: Synapse's database for gap repair, or None.
         published: the seed of already published tokens.
         presence_windows: the bridge's presence windows (shortened in tests).
+        probe_interval_s: turns the presence probe (CLIENT LIST) on at this interval.
     """
 
     def __init__(
@@ -99,8 +100,10 @@ class BridgeRun:
         dsn: str | None = None,
         published: dict[tuple[str, str], int] | None = None,
         presence_windows: dict[str, int] | None = None,
+        probe_interval_s: float | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
+        self.clients = RedisClients(redis_url) if probe_interval_s else None
         self.metrics = Metrics(self.registry)
         self.subscriber = ReplicationSubscriber(
             redis_url, server_name, backoff=Backoff(initial_s=0.1, max_s=0.5)
@@ -118,6 +121,8 @@ class BridgeRun:
             open_reader=(lambda: DatabaseReader(dsn)) if dsn else None,
             published=published,
             presence_windows=presence_windows,
+            clients=self.clients,
+            probe_interval_s=probe_interval_s or 0.0,
             dead_letters=DeadLetterWriter(
                 KafkaSettings(bootstrap_servers=bootstrap),
                 prefix,
@@ -152,6 +157,8 @@ class BridgeRun:
         self.stop_event.set()
         self._thread.join(timeout_s)
         assert not self._thread.is_alive(), "bridge did not stop in time"
+        if self.clients is not None:
+            self.clients.close()
         if self.error is not None:
             raise AssertionError(f"bridge failed: {self.error!r}") from self.error
 
@@ -747,6 +754,89 @@ def test_an_offline_presence_row_removes_the_user_at_once(
         ["@a:x", "@b:x"],
         ["@b:x"],
     ]
+
+
+def test_an_instance_leaves_when_every_connection_that_may_carry_it_closed(
+    redis_url: str, kafka_bootstrap: str, prefix: str, server_name: str
+) -> None:
+    """The presence probe: ties by CLIENT LIST after each USER_SYNC, then closes.
+
+    Two "workers" publish their USER_SYNC in the same moment, so each instance is
+    tied to both connections: closing one decides nothing (the windows, 5 minutes
+    here, keep both); closing the other ends both at the next list.
+    """
+    topic = topics.presence_topic(prefix)
+    worker_a = redis.Redis.from_url(redis_url)
+    worker_b = redis.Redis.from_url(redis_url)
+    try:
+        with BridgeRun(
+            redis_url, server_name, kafka_bootstrap, prefix, probe_interval_s=0.2
+        ) as run:
+            worker_a.publish(server_name, "USER_SYNC instA @a:x DEV start 1000")
+            worker_b.publish(server_name, "USER_SYNC instB @b:x DEV start 1000")
+            _wait_records(kafka_bootstrap, topic, 2, "both snapshots")
+            worker_a.close()
+            lists = run.bridge.stats.client_lists
+            wait_for(
+                lambda: run.bridge.stats.client_lists >= lists + 3,
+                10,
+                "three client lists after the first worker closed",
+            )
+            records = read_topic(kafka_bootstrap, topic)
+            assert [r.key for r in records if r.value is None] == []
+            worker_b.close()
+            closed_at = time.monotonic()
+            wait_for(
+                lambda: (
+                    {
+                        r.key
+                        for r in read_topic(kafka_bootstrap, topic)
+                        if r.value is None
+                    }
+                    == {b"instA", b"instB"}
+                ),
+                10,
+                "the tombstones of both instances",
+            )
+            gone_after = time.monotonic() - closed_at
+    finally:
+        worker_a.close()
+        worker_b.close()
+    # The probe interval and the reads of the topic, not a window.
+    assert gone_after < 3.0
+
+
+def test_a_redis_user_without_client_list_turns_the_probe_off_once(
+    redis_url: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    user = f"probe-{unique_name}"
+    # What a bridge role limited to replication may run (docs/security.md), and the
+    # same with the probe's two commands.
+    limited = ["-@all", "+subscribe", "+publish", "+ping", "+client|setname"]
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], commands=limited)
+    host = redis_url.split("//", 1)[1]
+    try:
+        clients = RedisClients(f"redis://{user}:pw@{host}")
+        with caplog.at_level(logging.WARNING, logger="adapter.io.redis.clients"):
+            assert clients.list() is None
+            assert clients.list() is None
+        assert not clients.enabled
+        assert len(caplog.records) == 1, caplog.text
+        assert "time windows alone" in caplog.text
+        clients.close()
+        admin.acl_setuser(
+            user, enabled=True, commands=["+client|list", "+info"], reset=False
+        )
+        allowed = RedisClients(f"redis://{user}:pw@{host}")
+        listed = allowed.list()
+        assert listed is not None
+        assert listed[0].server
+        assert allowed.enabled
+        allowed.close()
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
 
 
 # --- the CLI ----------------------------------------------------------------------------

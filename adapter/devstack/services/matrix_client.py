@@ -571,6 +571,11 @@ class RoomsTraffic:
         """``/sync`` requests that failed (and were retried), over all users."""
         return sum(loop.errors for loop in self._syncs)
 
+    @property
+    def sync_loops(self) -> tuple[SyncLoop, ...]:
+        """Each user's ``/sync`` loop, in the order of :attr:`users`."""
+        return tuple(self._syncs)
+
     def _count(self, table: dict[str, int], kind: str) -> None:
         with self._lock:
             table[kind] = table.get(kind, 0) + 1
