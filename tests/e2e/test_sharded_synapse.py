@@ -16,6 +16,11 @@ traffic:
 3. both consumers are SIGKILLed, then started again on the same output files;
 4. ``persister1`` is SIGKILLed, then started again.
 
+``synkafka feed --db`` runs beside them, SIGKILLed and restarted with the consumers;
+at the end every row of Synapse's ``events`` table is on the feed topic exactly once
+for a ``read_committed`` reader, with its JSON equal to ``event_json`` and its stream
+ordering, each room on one partition in stream order, both persisters' events there.
+
 Then, per stream: every row Synapse's tables hold between the consumers' start and
 the end of the traffic is in both files, under the writer that wrote it; both
 persisters wrote events, and each ``ev`` row names the persister the ``events``
@@ -69,6 +74,7 @@ from adapter.devstack.services.synapse_sharded import (
     SYNC_WORKER,
     ShardedSynapse,
 )
+from tests.e2e.sharded_feed import FeedCheck, stored_events
 from tests.e2e.sharded_presence import (
     ExitTap,
     PresenceWatch,
@@ -169,6 +175,13 @@ class ShardedRun:
             self._consume("sharded", "database", "consumer.jsonl"),
             self._consume("audit", "kafka", "audit.jsonl"),
         )
+        self.feed = SynkafkaChild(
+            "feed",
+            ["feed", "--db", dsn, "--partitions", "4", *self.kafka_args],
+            tmp_path / "feed.log",
+        )
+        self.feed_check = FeedCheck(kafka_bootstrap, self.prefix)
+        self.stored: dict[str, tuple[str, str, int]] = {}
         self.deliveries = Deliveries(tmp_path / "consumer.jsonl")
         self.audited = Deliveries(tmp_path / "audit.jsonl")
         self.traffic = RoomsTraffic(
@@ -273,11 +286,11 @@ class ShardedRun:
         assert ensure.returncode == 0, log_tail(self.tmp_path / "topics.log")
         self.bridge.start()
         self.bridge.wait_ready()
-        for child in self.consumers:
+        for child in (*self.consumers, self.feed):
             child.start()
-        for child in self.consumers:
+        for child in (*self.consumers, self.feed):
             child.wait_ready()
-        self.note("bridge and both consumers ready")
+        self.note("bridge, both consumers and the feed ready")
 
     def start_watcher(self) -> MatrixClient:
         """The watcher: one user who only long-polls /sync on sync1, without a break."""
@@ -338,14 +351,16 @@ class ShardedRun:
         self.note("every Synapse process and the bridge subscribed again")
 
         run.wait(_KILL_CONSUMERS_AT)
-        for child in self.consumers:
+        for child in (*self.consumers, self.feed):
             child.kill()
-        self.note("both consumers SIGKILLed")
+        self.note("both consumers and the feed SIGKILLed")
         run.wait(_KILL_CONSUMERS_AT + _DOWN_FOR)
-        for child in self.consumers:
+        for child in (*self.consumers, self.feed):
             child.start()
-        ready = [child.wait_ready() for child in self.consumers]
-        self.note(f"both consumers started again, ready after {max(ready):.1f} s")
+        ready = [child.wait_ready() for child in (*self.consumers, self.feed)]
+        self.note(
+            f"both consumers and the feed started again, ready after {max(ready):.1f} s"
+        )
 
         run.wait(_KILL_PERSISTER_AT)
         self.before_kill = positions(self.dsn)[("events", _KILLED_PERSISTER)]
@@ -413,6 +428,12 @@ class ShardedRun:
             child.stop()
         self.deliveries.poll()
         self.audited.poll()
+        # Every row of the events table, as the feed should hold it.
+        self.stored = stored_events(self.dsn)
+        self.feed.alive()
+        self.feed_check.read_until(set(self.stored), _DRAIN_TIMEOUT_S)
+        self.feed.stop()
+        self.note(self.feed_check.summary(self.stored))
 
     def users_leave(self, loops: tuple[SyncLoop, ...], what: str) -> None:
         """Stop ``loops`` one by one and wait until sync1 said so for each, plus 5 s."""
@@ -533,7 +554,7 @@ class ShardedRun:
         for loop in loops:
             with contextlib.suppress(Exception):
                 loop.stop()  # their errors are those of the stopped worker
-        for child in self.consumers:
+        for child in (*self.consumers, self.feed):
             child.stop()
         self.bridge.stop()
         for tap in self.taps:
@@ -609,6 +630,25 @@ class ShardedRun:
             f"{_KILLED_PERSISTER} wrote nothing after its restart\n{text}"
         )
 
+    def assert_feed(self, text: str) -> None:
+        """Every row of the events table on the feed once, as stored, in room order."""
+        check = self.feed_check
+        counts = Counter(event.event_id for event in check.events)
+        assert check.undecodable == 0, text
+        assert set(counts) == set(self.stored), f"feed and events table differ\n{text}"
+        assert max(counts.values()) == 1, f"events on the feed twice\n{text}"
+        for event in check.events:
+            room, stored_json, ordering = self.stored[event.event_id]
+            assert (event.room_id, event.json, event.stream_ordering) == (
+                room,
+                stored_json,
+                ordering,
+            ), f"{event.event_id} differs from the table\n{text}"
+        assert all(len(p) == 1 for p in check.partitions_of.values()), text
+        assert check.out_of_order_rooms() == [], text
+        assert {e.instance_name for e in check.events} >= set(EVENT_PERSISTERS), text
+        assert self.feed.exit_codes[-1] == 0, log_tail(self.feed.log_path)
+
     def assert_presence(self, text: str) -> None:
         # One instance for sync1 until the SIGKILL, listed at every sample.
         assert self.listed_before_kill == {self.instance_id}, text
@@ -653,4 +693,5 @@ def test_sharded_synapse_through_faults(
     print(f"\n{text}\ntotal {time.monotonic() - scene.started:.1f} s")
     scene.assert_streams(text)
     scene.assert_events(text)
+    scene.assert_feed(text)
     scene.assert_presence(text)
