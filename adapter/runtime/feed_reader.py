@@ -129,6 +129,12 @@ class FeedReader(RebalanceListener):
         """Records dead-lettered so far."""
 
     @property
+    def assigned_partitions(self) -> list[int]:
+        """The feed partitions this member reads now."""
+        with self._cond:
+            return sorted(self._assigned)
+
+    @property
     def healthy(self) -> bool:
         """False once a handler failure stopped the member."""
         return self.failure is None
