@@ -207,8 +207,10 @@ def test_three_members_share_the_feed_and_survive_a_sigkill(
                 per_room[line["room_id"]].append(line["stream_ordering"])
         for room, orderings in per_room.items():
             assert orderings == sorted(set(orderings)), f"member {n}: {room}"
-    # The survivors took over the victim's rooms.
-    assert {len({line["room_id"] for m, line in lines if m == n}) for n in (0, 2)}
+    # The survivors took over rooms the victim had been handling.
+    victim_rooms = {line["room_id"] for m, line in lines if m == 1}
+    survivor_rooms = {line["room_id"] for m, line in lines if m != 1}
+    assert victim_rooms & survivor_rooms, "no room moved from the killed member"
     rows = [json.loads(x) for x in lag.stdout.splitlines()]
     assert {r["topic"] for r in rows} == {topic}
     assert sorted(r["partition"] for r in rows) == list(range(PARTITIONS))

@@ -89,8 +89,11 @@ class GroupConsumer:
             "auto.offset.reset": start,
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": str(int(session_timeout_s * 1000)),
-            # A third of the session, as Kafka advises: three missed beats end it.
-            "heartbeat.interval.ms": str(max(100, int(session_timeout_s * 1000 / 3))),
+            # Members learn of a rebalance from a heartbeat's answer: Kafka's 3 s
+            # default, or a third of a short session (three missed beats end it).
+            "heartbeat.interval.ms": str(
+                max(100, min(3000, int(session_timeout_s * 1000 / 3)))
+            ),
             **settings.to_librdkafka(),
             "logger": client_log(),
         }
