@@ -52,6 +52,11 @@ logger = logging.getLogger(__name__)
 
 HandlerPolicy = Literal["dead-letter", "stop"]
 
+#: Commit refusals that only mean the group is rebalancing.
+_REBALANCING = frozenset(
+    {"ILLEGAL_GENERATION", "REBALANCE_IN_PROGRESS", "UNKNOWN_MEMBER_ID"}
+)
+
 
 class DeadLetter(Protocol):
     """Writes a feed record to the dead-letter topic; returns once acknowledged."""
@@ -221,7 +226,10 @@ class FeedReader(RebalanceListener):
             consumer.commit(offsets)
         except KafkaIOError as exc:
             # The next commit (or the next owner, from the last commit) covers it.
-            logger.warning("commit of the feed reader's offsets failed: %s", exc)
+            # During a rebalance the group refuses commits of the old generation:
+            # expected, so not a warning.
+            level = logging.INFO if exc.code in _REBALANCING else logging.WARNING
+            logger.log(level, "commit of the feed reader's offsets failed: %s", exc)
             return {}
         with self._cond:
             self._tracker.committed(offsets)

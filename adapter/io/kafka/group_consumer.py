@@ -96,10 +96,12 @@ class GroupConsumer:
             ),
             **settings.to_librdkafka(),
             "logger": client_log(),
+            "error_cb": self._on_client_error,
         }
         if on_stats is not None and stats_interval_s > 0:
             conf["statistics.interval.ms"] = str(int(stats_interval_s * 1000))
             conf["stats_cb"] = lambda raw: on_stats(json.loads(raw))
+        self._failure: ConsumeError | None = None
         try:
             self._client = _ConfluentConsumer(conf)
         except KafkaException as exc:
@@ -107,6 +109,16 @@ class GroupConsumer:
         self.group_id = group_id
         self.topic = topic
         self._listener = listener
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        # Outages (a broker down, a connection refused) are retried by the client
+        # itself: log them, deduplicated. Fatal ones end the member at the next poll.
+        if error.fatal() and self._failure is None:
+            self._failure = ConsumeError(
+                f"Kafka consumer failed: {error.str()}", code=error.name()
+            )
+        level = logging.ERROR if error.fatal() else logging.WARNING
+        client_log().emit(level, error.str(), "Kafka consumer")
 
     def subscribe(self) -> None:
         """Join the group; partitions arrive through the listener while polling."""
@@ -135,15 +147,29 @@ class GroupConsumer:
         Raises:
             ConsumeError: a partition or the client reported an error.
         """
+        if self._failure is not None:
+            raise self._failure
+        client = self._client
         try:
-            messages = self._client.consume(max_records, timeout_s)
+            # consume(n, timeout) waits for n records or the timeout, holding a live
+            # record back: take what is there, and wait only when nothing is.
+            messages = client.consume(max_records, 0)
+            if not messages and timeout_s > 0:
+                messages = client.consume(1, timeout_s)
+                if messages and max_records > 1:
+                    messages += client.consume(max_records - 1, 0)
         except KafkaException as exc:
             raise _consume_error(exc, "consume failed") from exc
-        for message in messages:
-            error = message.error()
-            if error is not None and error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
-                from_message(message)  # raises the partition's error
-        return [m for m in messages if m.error() is None]
+        wanted = [m for m in messages if m.error() is None]
+        if len(wanted) < len(messages):
+            for message in messages:
+                error = message.error()
+                if error is None or error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                    continue
+                if error.fatal() or not error.retriable():
+                    from_message(message)  # raises the partition's error
+                client_log().emit(logging.WARNING, error.str(), "Kafka consumer")
+        return wanted
 
     def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit the next offset to read per partition, synchronously.
