@@ -18,6 +18,7 @@ from adapter.cli import bridge as _bridge  # noqa: F401
 from adapter.cli import consume as _consume  # noqa: F401
 from adapter.cli import demo as _demo  # noqa: F401
 from adapter.cli import feed as _feed  # noqa: F401
+from adapter.cli import feed_consume as _feed_consume  # noqa: F401
 from adapter.cli import lag as _lag  # noqa: F401
 from adapter.cli import presence as _presence  # noqa: F401
 from adapter.cli import publish as _publish  # noqa: F401

@@ -100,7 +100,8 @@ def lag(
     """Show how far consumer groups are behind, per stream and partition.
 
     Columns: committed offset, head, lag in messages and in tokens, time since the
-    newest record. Works for groups whose process is down.
+    newest record. Works for groups whose process is down. Feed reader groups
+    (synkafka feed-consume) are shown on the feed topic, as stream "feed".
     """
     settings = kafka
     resolved = resolve_prefix(prefix, server_name)
@@ -125,8 +126,18 @@ def lag(
         client_id="synkafka-lag",
         extra={"fetch.wait.max.ms": "10"},
     )
+    # Feed reader groups read the feed topic, not the stream topics.
+    feed_groups = [g for g in groups if topics.is_feed_reader_group(resolved, g)]
+    stream_groups = [g for g in groups if g not in feed_groups]
     try:
-        rows = measure_lag(admin, reader, resolved, groups, streams)
+        rows = measure_lag(
+            admin,
+            reader,
+            resolved,
+            stream_groups,
+            streams,
+            feed_groups=feed_groups,
+        )
     finally:
         reader.close()
     if as_json:

@@ -42,6 +42,7 @@ __all__ = [
     "Publish",
     "Undecodable",
     "feed_decisions",
+    "feed_event_from_json",
     "feed_event_ids",
     "feed_event_to_json",
     "plan_batch",
@@ -149,6 +150,47 @@ def feed_event_to_json(event: FeedEvent) -> dict[str, Any]:
     JSON as Synapse stored it, so the bytes a reader hashes or verifies are Synapse's.
     """
     return asdict(event)
+
+
+#: The fields of :class:`FeedEvent` and the JSON types each may hold.
+_JSON_FIELDS: Final[dict[str, tuple[type, ...]]] = {
+    "event_id": (str,),
+    "room_id": (str,),
+    "type": (str,),
+    "state_key": (str, type(None)),
+    "sender": (str,),
+    "origin_server_ts": (int,),
+    "stream_ordering": (int,),
+    "instance_name": (str, type(None)),
+    "outlier": (bool,),
+    "rejected": (bool,),
+    "rejection_reason": (str, type(None)),
+    "redacts": (str, type(None)),
+    "format_version": (int, type(None)),
+    "json": (str,),
+}
+
+
+def feed_event_from_json(obj: object) -> FeedEvent:
+    """A feed record read back from its JSON object form (:func:`feed_event_to_json`).
+
+    Raises:
+        ValueError: ``obj`` is not such an object (a field missing or of the wrong
+            type); unknown extra fields are ignored, as an Avro reader would.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError("a feed record must be a JSON object")  # noqa: TRY004 (bad input, as the other checks)
+    values: dict[str, Any] = {}
+    for name, types in _JSON_FIELDS.items():
+        if name not in obj:
+            raise ValueError(f"a feed record needs the field {name!r}")
+        value = obj[name]
+        # bool is an int in Python; JSON keeps them apart, and so does this check.
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if not isinstance(value, types) or wrong_bool:
+            raise ValueError(f"field {name!r} has the wrong type")
+        values[name] = value
+    return FeedEvent(**values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,8 +60,10 @@ __all__ = [
     "diff_topic",
     "dlq_topic",
     "feed_group",
+    "feed_reader_group",
     "feed_topic",
     "feed_topic_spec",
+    "is_feed_reader_group",
     "missing_topic_message",
     "parse_position_key",
     "position_key",
@@ -298,6 +300,28 @@ def feed_group(prefix: str) -> str:
     second one fences the first instead of doubling the feed.
     """
     return _topic(prefix, "feed")
+
+
+#: The part of a feed reader group's name between the prefix and the reader's name.
+_FEED_READER = "feed-reader"
+
+
+def feed_reader_group(prefix: str, name: str) -> str:
+    """Name the consumer group of feed readers called ``name``: ``<prefix>.feed-reader.<name>``.
+
+    Namespaced under the prefix so that ``synkafka lag`` finds it with the other
+    groups, and marked as a feed reader so that it reports it on the feed topic.
+
+    Raises:
+        ConfigError: ``name`` is empty or not legal in a topic name.
+    """
+    return _topic(prefix, f"{_FEED_READER}.{_validate_part('group name', name)}")
+
+
+def is_feed_reader_group(prefix: str, group: str) -> bool:
+    """Whether ``group`` is a :func:`feed_reader_group` of ``prefix``."""
+    head = f"{prefix}.{_FEED_READER}."
+    return group.startswith(head) and len(group) > len(head)
 
 
 def consumer_group(prefix: str, instance_name: str) -> str:

@@ -351,6 +351,36 @@ class Metrics:
             registry=r,
         )
 
+        # Feed readers (synkafka feed-consume).
+        self.feed_reader_events = Counter(
+            "synkafka_feed_reader_events",
+            "Feed records a reader finished: handled, or dead-lettered.",
+            ["outcome"],
+            registry=r,
+        )
+        self.feed_reader_handler_failures = Counter(
+            "synkafka_feed_reader_handler_failures",
+            "Feed reader handler calls that raised (each attempt counts).",
+            registry=r,
+        )
+        self.feed_reader_handler_seconds = Histogram(
+            "synkafka_feed_reader_handler_seconds",
+            "Seconds one feed reader handler call took, retries excluded.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.feed_reader_lag = Gauge(
+            "synkafka_feed_reader_lag_messages",
+            "Records behind the feed topic's head, per partition this member reads.",
+            ["partition"],
+            registry=r,
+        )
+        self.feed_reader_partitions = Gauge(
+            "synkafka_feed_reader_partitions",
+            "Feed topic partitions assigned to this member of its group.",
+            registry=r,
+        )
+
 
 def default_metrics() -> Metrics:
     """The process-wide metrics on prometheus_client's default registry.

@@ -100,6 +100,19 @@ def _last_record_ms(
     return None
 
 
+def _partition_heads(
+    consumer: Consumer, label: str, topic: str, now: float
+) -> list[tuple[str, str, int, int, float | None]]:
+    """(label, topic, partition, head, age of the newest record) of every partition."""
+    out: list[tuple[str, str, int, int, float | None]] = []
+    for p in consumer.partitions(topic):
+        head = consumer.watermarks(topic, p)[1]
+        last_ms = _last_record_ms(consumer, topic, p, head)
+        age = None if last_ms is None else max(0.0, (now - last_ms) / 1000.0)
+        out.append((label, topic, p, head, age))
+    return out
+
+
 def measure_lag(
     admin: Admin,
     consumer: Consumer,
@@ -107,6 +120,7 @@ def measure_lag(
     groups: Sequence[str],
     streams: Sequence[str],
     *,
+    feed_groups: Sequence[str] = (),
     now_ms: int | None = None,
 ) -> list[LagRow]:
     """Lag rows for every group, stream topic and partition.
@@ -115,20 +129,51 @@ def measure_lag(
         admin: to read committed offsets (works for groups whose members are down).
         consumer: a reader (its own throwaway group) for watermarks and records.
         prefix: the topic prefix.
-        groups: the consumer groups to report.
+        groups: the consumer groups to report on the stream topics.
         streams: the streams whose topics to report.
+        feed_groups: feed reader groups (``synkafka feed-consume``), reported on
+            the feed topic (stream ``feed``; lag in messages only).
         now_ms: the current time (tests may pin it).
     """
     now = time.time() * 1000 if now_ms is None else now_ms
+    rows: list[LagRow] = []
+    if groups and streams:
+        rows += _stream_rows(admin, consumer, prefix, groups, streams, now)
+    if feed_groups:
+        feed = _partition_heads(consumer, "feed", topics.feed_topic(prefix), now)
+        for group in feed_groups:
+            offsets = admin.group_offsets(group)
+            for label, topic, p, head, age in feed:
+                committed = offsets.get((topic, p), (None, None))[0]
+                rows.append(
+                    LagRow(
+                        group=group,
+                        stream=label,
+                        topic=topic,
+                        partition=p,
+                        committed=committed,
+                        head=head,
+                        lag_messages=max(0, head - (committed or 0)),
+                        lag_tokens=None,
+                        last_record_age_s=age,
+                    )
+                )
+    return rows
+
+
+def _stream_rows(
+    admin: Admin,
+    consumer: Consumer,
+    prefix: str,
+    groups: Sequence[str],
+    streams: Sequence[str],
+    now: float,
+) -> list[LagRow]:
     positions = read_positions_topic(consumer, prefix)
     partitions: list[tuple[str, str, int, int, float | None]] = []
     for stream in streams:
         topic = topics.stream_topic(prefix, stream)
-        for p in consumer.partitions(topic):
-            head = consumer.watermarks(topic, p)[1]
-            last_ms = _last_record_ms(consumer, topic, p, head)
-            age = None if last_ms is None else max(0.0, (now - last_ms) / 1000.0)
-            partitions.append((stream, topic, p, head, age))
+        partitions += _partition_heads(consumer, stream, topic, now)
     rows: list[LagRow] = []
     for group in groups:
         offsets = admin.group_offsets(group)
