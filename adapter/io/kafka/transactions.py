@@ -28,7 +28,7 @@ from confluent_kafka import Producer as _ConfluentProducer
 from adapter.core.config import KafkaSettings
 from adapter.core.errors import KafkaIOError
 from adapter.io.kafka.client import client_log, config_error
-from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG
+from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG, consume_available
 from adapter.io.kafka.records import from_message
 
 __all__ = ["AbortedTransaction", "TransactionalPipe"]
@@ -159,11 +159,15 @@ class TransactionalPipe:
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         """Up to ``max_records`` input messages, waiting at most ``timeout_s``.
 
+        The records already fetched, or else the first to come: a batch never waits
+        to fill up, so a live event is not held back for the whole timeout (while a
+        transaction commits, the next batch gathers by itself).
+
         Raises:
             ConsumeError: a partition reported an error other than its end.
         """
         try:
-            messages = self._consumer.consume(max_records, timeout_s)
+            messages = consume_available(self._consumer, max_records, timeout_s)
         except KafkaException as exc:
             raise self._as_error(exc, "consume failed") from exc
         for message in messages:
