@@ -96,6 +96,12 @@ class TransactionalPipe:
             "acks": "all",
             "linger.ms": "5",
             "compression.type": "lz4",
+            # While the broker still writes the previous transaction's markers it
+            # answers the next one's first request with CONCURRENT_TRANSACTIONS, and
+            # librdkafka retries after retry.backoff.ms: at the default 100 ms that
+            # wait was most of every transaction (bench/feed_latency.py). Kafka's own
+            # Java client retries this case after 20 ms.
+            "retry.backoff.ms": "10",
             "transaction.timeout.ms": str(int(transaction_timeout_s * 1000)),
             **settings.to_librdkafka(),
             "logger": client_log(),
