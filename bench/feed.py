@@ -14,7 +14,8 @@ turns all of them into feed records, ``--repeat`` times each, interleaved:
   database driver: ``consume(batch)``, bare fastavro decoding, the same SQL (one query
   per batch), bare fastavro encoding of ``synkafka.feed.Event``, and one transaction
   per batch (``send_offsets_to_transaction`` + ``commit_transaction``) with the same
-  producer settings. No decisions, no metrics, no error handling.
+  producer settings as the feed's (``retry.backoff.ms`` 10 included). No decisions,
+  no metrics, no error handling.
 
 Each run writes to its own feed topic with its own consumer group and transactional
 ID, so every run reads the whole input from the start.
@@ -254,6 +255,7 @@ def run_bare(bootstrap: str, prefix: str, dsn: str, events: int, batch: int) -> 
             "acks": "all",
             "linger.ms": "5",
             "compression.type": "lz4",
+            "retry.backoff.ms": "10",
         }
     )
     producer.init_transactions(30)
