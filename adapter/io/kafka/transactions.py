@@ -27,11 +27,11 @@ from confluent_kafka import Producer as _ConfluentProducer
 
 from adapter.core.config import KafkaSettings
 from adapter.core.errors import KafkaIOError
-from adapter.io.kafka.client import client_log, config_error
+from adapter.io.kafka.client import COORDINATOR_SETTLING, client_log, config_error
 from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG, consume_available
 from adapter.io.kafka.records import from_message
 
-__all__ = ["AbortedTransaction", "TransactionalPipe"]
+__all__ = ["AbortedTransaction", "TransactionalPipe", "passes"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ _T = TypeVar("_T")
 
 #: How often one call is retried on a ``retriable()`` error before giving up.
 _RETRIES: Final = 5
+
+
+def passes(error: KafkaError) -> bool:
+    """Whether a consume error is transient: the client recovers without our help."""
+    return bool(error.retriable()) or error.name() in COORDINATOR_SETTLING
 
 
 class AbortedTransaction(KafkaIOError):
@@ -169,19 +174,30 @@ class TransactionalPipe:
         to fill up, so a live event is not held back for the whole timeout (while a
         transaction commits, the next batch gathers by itself).
 
+        A transient error among them (a group coordinator moving, anything the
+        client says is retriable) is logged and passed over: the client recovers by
+        itself, and raising would drop the batch's records the client already
+        handed out, which the next transaction's offsets would then skip.
+
         Raises:
-            ConsumeError: a partition reported an error other than its end.
+            ConsumeError: a partition reported an error that is neither its end nor
+                transient (the process ends; nothing past the last commit is lost).
         """
         try:
             messages = consume_available(self._consumer, max_records, timeout_s)
         except KafkaException as exc:
             raise self._as_error(exc, "consume failed") from exc
+        records: list[Message] = []
         for message in messages:
             error = message.error()
-            if error is not None and error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+            if error is None:
+                records.append(message)
+            elif passes(error):
+                logger.warning("feed input: %s (the client retries)", error.str())
+            elif error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
                 from_message(message)  # raises the partition's error
         self._producer.poll(0)  # serve delivery reports and the log
-        return [m for m in messages if m.error() is None]
+        return records
 
     # -- writing ------------------------------------------------------------------------
 
