@@ -118,6 +118,7 @@ class TransactionalPipe:
             raise config_error(exc, settings) from exc
         self.transactional_id = transactional_id
         self._open = False
+        self._assignment: list[TopicPartition] = []
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class TransactionalPipe:
             if found is None or found.error is not None or not found.partitions:
                 raise KafkaIOError(f"input topic {topic} does not exist")
             assignment += [TopicPartition(topic, p) for p in sorted(found.partitions)]
+        self._assignment = assignment
         self._consumer.assign(assignment)
 
     def close(self) -> None:
@@ -174,10 +176,13 @@ class TransactionalPipe:
         to fill up, so a live event is not held back for the whole timeout (while a
         transaction commits, the next batch gathers by itself).
 
-        A transient error among them (a group coordinator moving, anything the
-        client says is retriable) is logged and passed over: the client recovers by
-        itself, and raising would drop the batch's records the client already
-        handed out, which the next transaction's offsets would then skip.
+        A transient error among them (a group coordinator moving or loading,
+        anything the client says is retriable) drops the whole batch and assigns
+        the input again, which starts each partition from the group's committed
+        offset: librdkafka does not fetch the committed offsets again by itself
+        after such an error (the input then stalled), and keeping the batch's other
+        records while dropping the error would let the next commit skip past
+        records never published.
 
         Raises:
             ConsumeError: a partition reported an error that is neither its end nor
@@ -187,17 +192,17 @@ class TransactionalPipe:
             messages = consume_available(self._consumer, max_records, timeout_s)
         except KafkaException as exc:
             raise self._as_error(exc, "consume failed") from exc
-        records: list[Message] = []
+        self._producer.poll(0)  # serve delivery reports and the log
         for message in messages:
             error = message.error()
-            if error is None:
-                records.append(message)
-            elif passes(error):
-                logger.warning("feed input: %s (the client retries)", error.str())
-            elif error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+            if error is None or error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                continue
+            if not passes(error):
                 from_message(message)  # raises the partition's error
-        self._producer.poll(0)  # serve delivery reports and the log
-        return records
+            logger.warning("feed input: %s; reading again from the commit", error.str())
+            self._consumer.assign(self._assignment)
+            return []
+        return [m for m in messages if m.error() is None]
 
     # -- writing ------------------------------------------------------------------------
 
