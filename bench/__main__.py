@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 RUNTIME = ("consume", "publish", "backfill", "latency", "memory")
-OTHERS = ("codec", "presence", "bridge", "feed_scale")
+OTHERS = ("codec", "presence", "bridge", "feed", "feed_latency", "feed_scale")
 SCALABLE = ("consume", "publish", "backfill", "memory")
 
 

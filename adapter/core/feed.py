@@ -20,6 +20,9 @@ What the feed does with Synapse's special cases (docs/feed.md says why):
   rewritten): readers that show content must apply redactions themselves.
 * an event whose content the database **no longer has** (a purged room or history) is
   not published; it goes to the dead-letter topic as a reference, and is counted.
+* a **re-sent** record (a writer publishes its last records again after a reconnect)
+  names events the feed has just published: each ``(event_id, outlier)`` the feed
+  committed recently (:class:`RecentEvents`) is skipped, not published twice.
 
 Everything here is pure: the runtime reads the rows and the database and carries out
 the decisions.
@@ -27,7 +30,7 @@ the decisions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
@@ -35,11 +38,14 @@ from adapter.core.rows import EventsEventRow
 
 __all__ = [
     "DEFAULT_FEED_PARTITIONS",
+    "RECENT_EVENTS",
+    "Duplicate",
     "FeedEvent",
     "FeedInput",
     "Missing",
     "Output",
     "Publish",
+    "RecentEvents",
     "Undecodable",
     "feed_decisions",
     "feed_event_from_json",
@@ -51,6 +57,10 @@ __all__ = [
 #: Partitions of ``<prefix>.feed.events`` when none is asked for: the most consumers
 #: one group can spread over.
 DEFAULT_FEED_PARTITIONS: Final = 12
+
+#: ``(event_id, outlier)`` keys the feed remembers as published: far more than the
+#: few records a writer re-sends after a reconnect, small enough to hold in memory.
+RECENT_EVENTS: Final = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,41 @@ class Missing:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """This event (with this ``outlier`` flag) was published already: skip it."""
+
+    event_id: str
+    outlier: bool
+
+
+class RecentEvents:
+    """The ``(event_id, outlier)`` keys published last, oldest forgotten first.
+
+    Args:
+        limit: how many keys to remember.
+    """
+
+    def __init__(self, limit: int = RECENT_EVENTS) -> None:
+        self._limit = limit
+        self._keys: dict[tuple[str, bool], None] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, keys: Iterable[tuple[str, bool]]) -> None:
+        """Remember ``keys`` (committed), forgetting the oldest beyond the limit."""
+        known = self._keys
+        for key in keys:
+            known.pop(key, None)
+            known[key] = None
+        while len(known) > self._limit:
+            del known[next(iter(known))]
+
+
 def feed_event_ids(rows: Iterable[object]) -> list[str]:
     """The event IDs whose content the feed needs for these events-stream rows, in order.
 
@@ -116,20 +161,27 @@ def feed_event_ids(rows: Iterable[object]) -> list[str]:
 
 
 def feed_decisions(
-    rows: Sequence[object], stored: Mapping[str, FeedEvent]
-) -> list[Publish | Missing]:
+    rows: Sequence[object],
+    stored: Mapping[str, FeedEvent],
+    published: Container[tuple[str, bool]] = (),
+) -> list[Publish | Missing | Duplicate]:
     """What to do with each ``ev`` row of a batch, in the rows' order.
 
     Args:
         rows: events-stream rows, in stream order (other row kinds are skipped).
         stored: what the database returned for :func:`feed_event_ids` of the rows.
+        published: ``(event_id, outlier)`` keys already on the feed (a re-sent row's
+            event is a :class:`Duplicate`).
 
     The row's ``outlier`` flag wins over the database's: a later un-outliering
     changes the table, and each row must say what was true when it was sent.
     """
-    decisions: list[Publish | Missing] = []
+    decisions: list[Publish | Missing | Duplicate] = []
     for row in rows:
         if not isinstance(row, EventsEventRow):
+            continue
+        if (row.event_id, row.outlier) in published:
+            decisions.append(Duplicate(row.event_id, row.outlier))
             continue
         event = stored.get(row.event_id)
         if event is None:
@@ -222,17 +274,42 @@ class Undecodable:
     reason: str
 
 
-Output = Publish | Missing | Undecodable
+Output = Publish | Missing | Undecodable | Duplicate
+
+
+class _Published:
+    """What an earlier batch committed, and what this batch publishes so far."""
+
+    __slots__ = ("_batch", "_earlier")
+
+    def __init__(self, earlier: Container[tuple[str, bool]]) -> None:
+        self._earlier = earlier
+        self._batch: set[tuple[str, bool]] = set()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._batch or key in self._earlier
+
+    def add(self, decisions: Iterable[Output]) -> None:
+        self._batch.update(
+            (d.event.event_id, d.event.outlier)
+            for d in decisions
+            if isinstance(d, Publish)
+        )
 
 
 def plan_batch(
-    inputs: Sequence[FeedInput], stored: Mapping[str, FeedEvent]
+    inputs: Sequence[FeedInput],
+    stored: Mapping[str, FeedEvent],
+    published: Container[tuple[str, bool]] = (),
 ) -> tuple[list[Output], dict[tuple[str, int], int]]:
     """What one transaction writes, in input order, and the input offsets it commits.
 
     Args:
         inputs: the batch's records, in the order they were read.
         stored: the database's answer for :func:`feed_event_ids` of all their rows.
+        published: ``(event_id, outlier)`` keys earlier batches committed (a
+            :class:`RecentEvents`); an event published by those or earlier in this
+            batch is a :class:`Duplicate`.
 
     Returns:
         The outputs, and per (topic, partition) the next offset to consume (one past
@@ -241,6 +318,7 @@ def plan_batch(
     """
     outputs: list[Output] = []
     next_offsets: dict[tuple[str, int], int] = {}
+    seen = _Published(published)
     for item in inputs:
         next_offsets[(item.topic, item.partition)] = item.offset + 1
         if item.error is not None:
@@ -248,5 +326,7 @@ def plan_batch(
                 Undecodable(item.topic, item.partition, item.offset, item.error)
             )
             continue
-        outputs.extend(feed_decisions(item.rows, stored))
+        decisions = feed_decisions(item.rows, stored, seen)
+        seen.add(decisions)
+        outputs.extend(decisions)
     return outputs, next_offsets

@@ -328,7 +328,8 @@ class Metrics:
         # The event feed.
         self.feed_events = Counter(
             "synkafka_feed_events",
-            "Events-stream rows handled by the feed: published, or missing content.",
+            "Events-stream rows handled by the feed: published, missing content, or "
+            "duplicate (a re-sent row's event, already published).",
             ["outcome"],
             registry=r,
         )

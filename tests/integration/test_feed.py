@@ -144,9 +144,13 @@ def test_every_event_reaches_the_feed_once_across_sigkills(
     kills_mid_stream = 0
     try:
         for round_ in range(2):
-            # A backlog for the feed, then SIGKILL as soon as it makes progress.
+            # A backlog for the feed, then SIGKILL as soon as it makes progress. The
+            # feed is paused while the backlog is written: it commits a batch in a
+            # few tens of ms and would otherwise keep up with the writes.
+            feed.send_signal(signal.SIGSTOP)
             ids += _write_and_publish(writers, publisher, 400, 300 + 400 * round_)
             before = reader.read()
+            feed.send_signal(signal.SIGCONT)
             wait_for(lambda: reader.read(0.05) > before, what="feed progress")  # noqa: B023
             feed.send_signal(signal.SIGKILL)
             feed.wait(10)

@@ -11,12 +11,16 @@ from adapter.codec.avro_codec import decode, encode
 from adapter.core import topics
 from adapter.core.errors import ConfigError
 from adapter.core.feed import (
+    Duplicate,
     FeedEvent,
+    FeedInput,
     Missing,
     Publish,
+    RecentEvents,
     feed_decisions,
     feed_event_ids,
     feed_event_to_json,
+    plan_batch,
 )
 from adapter.core.rows import EventsAllStateRow, EventsCurrentStateRow, EventsEventRow
 from adapter.io.db.connection import connect
@@ -98,6 +102,38 @@ def test_rejected_events_and_redactions_are_published_with_their_flags() -> None
         [_ev("$bad"), _ev("$red")], {"$bad": rejected, "$red": redaction}
     )
     assert decisions == [Publish(rejected), Publish(redaction)]
+
+
+def test_a_re_sent_record_is_not_published_twice_within_a_batch_or_after_it() -> None:
+    # A writer re-publishes its last records after a reconnect: same events, new offsets.
+    stored = {"$1": _stored("$1"), "$2": _stored("$2")}
+    first = FeedInput("t", 0, 10, (_ev("$1"),))
+    again = FeedInput("t", 0, 11, (_ev("$1"), _ev("$2")))
+    outputs, offsets = plan_batch([first, again], stored)
+    assert outputs == [
+        Publish(stored["$1"]),
+        Duplicate("$1", outlier=False),
+        Publish(stored["$2"]),
+    ]
+    assert offsets == {("t", 0): 12}
+    recent = RecentEvents()
+    recent.add([("$1", False), ("$2", False)])
+    later, _ = plan_batch([FeedInput("t", 0, 12, (_ev("$2"), _ev("$2", outlier=True)))], stored, recent)  # fmt: skip
+    assert later == [
+        Duplicate("$2", outlier=False),
+        Publish(_stored("$2", outlier=True)),
+    ]
+
+
+def test_the_recent_events_forget_the_oldest_beyond_their_limit() -> None:
+    recent = RecentEvents(limit=2)
+    recent.add([("$1", False), ("$2", False)])
+    recent.add([("$1", False)])  # seen again: now the newest
+    recent.add([("$3", False)])
+    assert ("$2", False) not in recent
+    assert ("$1", False) in recent
+    assert ("$3", False) in recent
+    assert len(recent) == 2
 
 
 # -- the record and its topic ---------------------------------------------------------------

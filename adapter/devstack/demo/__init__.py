@@ -23,6 +23,9 @@ addresses to :class:`DemoScenario`, which runs the main job end to end and retur
    delivered and ``synkafka lag`` (:func:`~adapter.runtime.lag.measure_lag`) shows
    zero lag in tokens and messages, stops the consumer, and compares the
    database's rows (and the typing rows, which have no table) with the JSON lines.
+   ``synkafka feed`` runs as a child from the setup on (history included); once it
+   has committed every events record it is stopped, and a ``read_committed`` reader
+   checks that every event the database holds is on the feed topic exactly once.
 
 Process handling: every child is started through the injected :data:`Spawn`
 (the CLI passes :class:`~adapter.devstack.services._process.ManagedProcess`, which sets the
@@ -36,6 +39,7 @@ terminal :class:`PlainView` prints one line every few seconds.
 The modules: :mod:`~adapter.devstack.demo.settings` (settings, shared constants),
 :mod:`~adapter.devstack.demo.homeserver` (the simulated homeserver),
 :mod:`~adapter.devstack.demo.children` (the consumer and presence processes),
+:mod:`~adapter.devstack.demo.feed` (the event feed's process and its read-back),
 :mod:`~adapter.devstack.demo.deliveries` (the consumer's JSON lines),
 :mod:`~adapter.devstack.demo.lag_sampler`, :mod:`~adapter.devstack.demo.views` (the
 terminal views), :mod:`~adapter.devstack.demo.checks` (the final comparison),

@@ -157,4 +157,9 @@ def demo_checks(
             sync2.gone_after_s is not None and sync2.gone_after_s <= expiry_s + 3.0,
         ),
         ("tombstones written for both", tombstones >= 2),
+        (
+            "every stored event on the feed exactly once",
+            r.feed is not None and r.feed.exactly_once,
+        ),
+        ("the feed exited 0 on SIGTERM", r.feed_exit == 0),
     ]

@@ -26,6 +26,7 @@ __all__ = [
     "ConsumerChild",
     "PresenceChild",
     "Spawn",
+    "raise_if_exited",
     "stop_each",
     "stopper",
 ]
@@ -129,11 +130,7 @@ class ConsumerChild:
         Raises:
             ServiceError: it exited; the message holds the tail of its log.
         """
-        if self.process is not None and not self.process.running():
-            raise ServiceError(
-                f"synkafka consume exited with {self.process.returncode}:\n"
-                f"{log_tail(self.log_path, 15)}"
-            )
+        raise_if_exited(self.process, "synkafka consume", self.log_path)
 
     def _get(self, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.port}{path}"
@@ -266,6 +263,18 @@ class PresenceChild:
                     self.instance_id = str(doc["instance_id"])
                 if "cleared" in doc:
                     self.cleared = True
+
+
+def raise_if_exited(process: ChildProcess | None, what: str, log_path: Path) -> None:
+    """Raise if ``process`` (started, not yet stopped) is no longer running.
+
+    Raises:
+        ServiceError: it exited; the message holds the tail of its log.
+    """
+    if process is not None and not process.running():
+        raise ServiceError(
+            f"{what} exited with {process.returncode}:\n{log_tail(log_path, 15)}"
+        )
 
 
 def stop_each(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapter.devstack.demo.feed import FeedTally
 from adapter.devstack.demo.views import (
     TOTALS_HEADER,
     StreamTotals,
@@ -100,6 +101,8 @@ class DemoReport(RunReport):
         db_rows: rows the database holds after the history.
         presence: one sentence per presence instance.
         writing_s: seconds the homeserver spent writing.
+        feed: what the feed topic held at the end (``None``: not read).
+        feed_exit: the feed's exit code on SIGTERM.
     """
 
     streams: list[StreamTotals] = field(default_factory=list)
@@ -115,6 +118,18 @@ class DemoReport(RunReport):
     db_rows: int = 0
     presence: list[str] = field(default_factory=list)
     writing_s: float = 0.0
+    feed: FeedTally | None = None
+    feed_exit: int | None = None
+
+    def feed_line(self) -> str:
+        """The summary's line on the event feed."""
+        f = self.feed
+        if f is None:
+            return "  feed                  not read"
+        return (
+            f"  feed                  {f.records:>7}   events on {f.topic}, {f.missing} missing, "
+            f"{f.duplicated} duplicated (read_committed; exit {self.feed_exit})"
+        )
 
     def lines(self) -> list[str]:
         """The summary, ready to print."""
@@ -137,6 +152,7 @@ class DemoReport(RunReport):
             f"  unexpected rows       {self.unexpected:>7}",
             f"  lag                   {lag}",
             self.consumer_line("   (SIGTERM twice)"),
+            self.feed_line(),
             *(
                 f"  {'presence' if i == 0 else '':<20}  {p}"
                 for i, p in enumerate(self.presence)

@@ -27,6 +27,13 @@ from adapter.devstack.demo.children import (
     stopper,
 )
 from adapter.devstack.demo.deliveries import DeliveryLog
+from adapter.devstack.demo.feed import (
+    FeedChild,
+    FeedTally,
+    feed_caught_up,
+    read_feed,
+    stored_events,
+)
 from adapter.devstack.demo.homeserver import SimulatedHomeserver
 from adapter.devstack.demo.lag_sampler import LagSampler
 from adapter.devstack.demo.report import DemoReport
@@ -79,6 +86,7 @@ class DemoScenario:
         self._output = settings.run_dir / "consumer.jsonl"
         self._deliveries = DeliveryLog(self._output)
         self._consumer = ConsumerChild(spawn, settings, self._output)
+        self._feed = FeedChild(spawn, settings)
         self._presence: list[PresenceChild] = []
         self._follower: PresenceFollower | None = None
         self._lag: LagSampler | None = None
@@ -177,6 +185,7 @@ class DemoScenario:
         if self._follower is not None and self._follower.failure is not None:
             raise AdapterError(f"the presence writer failed: {self._follower.failure}")
         self._consumer.check_alive()
+        self._feed.check_alive()
         live = self._instances()
         now = time.monotonic()
         for p in self._presence:
@@ -255,6 +264,12 @@ class DemoScenario:
         publisher = Publisher(self._producer, s.prefix)
         self._homeserver = SimulatedHomeserver(
             conn, publisher, s.streams, s.server_name
+        )
+        # The feed follows the events topic from its start, history included.
+        self._feed.start()
+        self._say(
+            f"Feed: started `synkafka feed` (every event with its content on "
+            f"{topics.feed_topic(s.prefix)}, in Kafka transactions)."
         )
         self._homeserver.write_history()
         self._report.history_rows = self._homeserver.history_rows
@@ -430,6 +445,16 @@ class DemoScenario:
         self._consumer.scrape_dropped()
         code = self._consumer.stop()
         self._say(f"Consumer: SIGTERM; exited {code}.")
+        self._phase = "draining: waiting for the feed to commit every events record"
+        took = self._wait(
+            "the feed to commit every events record",
+            lambda: feed_caught_up(self._kafka, self._s.prefix),
+            60,
+        )
+        code = self._feed.stop()
+        self._say(
+            f"Feed: caught up ({took:.1f} s after the consumer); SIGTERM, exited {code}."
+        )
 
     # -- the check ---------------------------------------------------------------------
 
@@ -473,6 +498,14 @@ class DemoScenario:
         r.consumer_exits = list(self._consumer.exit_codes)
         expiry = self._s.presence_expiry_s
         r.presence.extend(presence_outcome(p, expiry) for p in self._presence)
+        r.feed_exit = self._feed.exit_code
+        if self._conn is not None:
+            stored = stored_events(self._conn)
+            r.feed = FeedTally.of(
+                topics.feed_topic(self._s.prefix),
+                read_feed(self._kafka, self._s.prefix, len(stored)),
+                stored,
+            )
         tombstones = self._follower.tombstones_written if self._follower else 0
         r.presence.append(f"tombstones written by the presence writer: {tombstones}")
         sync1, sync2 = self._presence
@@ -523,6 +556,7 @@ class DemoScenario:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("writer", self._stop_writer),
             ("consumer", lambda: self._consumer.stop(15.0)),
+            ("feed", lambda: self._feed.stop(15.0)),
             *((f"presence {p.name}", stopper(p.process)) for p in self._presence),
             ("presence writer", self._close_follower),
             ("lag", self._close_lag),

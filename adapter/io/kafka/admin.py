@@ -28,7 +28,12 @@ from confluent_kafka.admin import (
 
 from adapter.core.config import KafkaSettings
 from adapter.core.errors import KafkaIOError
-from adapter.io.kafka.client import client_log, config_error, where
+from adapter.io.kafka.client import (
+    COORDINATOR_SETTLING,
+    client_log,
+    config_error,
+    where,
+)
 
 __all__ = ["Admin", "ExpectedTopic", "TopicState"]
 
@@ -59,11 +64,6 @@ class TopicState:
 #: Refusals that mean "not allowed to look", not "broken".
 _NOT_AUTHORIZED = frozenset(
     {"TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"}
-)
-
-# Errors of a group coordinator that is moving or loading its state: they pass.
-_COORDINATOR_SETTLING = frozenset(
-    {"COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR"}
 )
 
 
@@ -246,7 +246,7 @@ class Admin:
             try:
                 return self._group_offsets_once(group_id)
             except KafkaIOError as exc:
-                if exc.code not in _COORDINATOR_SETTLING or time.monotonic() > deadline:
+                if exc.code not in COORDINATOR_SETTLING or time.monotonic() > deadline:
                     raise
             time.sleep(delay)
             delay = min(1.0, delay * 2)

@@ -34,6 +34,7 @@ from adapter.core.logdedup import LogDeduplicator
 
 __all__ = [
     "CLIENT_LOGGER",
+    "COORDINATOR_SETTLING",
     "ClientLog",
     "check_client_config",
     "client_log",
@@ -41,6 +42,11 @@ __all__ = [
 ]
 
 CLIENT_LOGGER = "adapter.io.kafka.client"
+
+#: Errors of a group coordinator that is moving or loading its state: they pass.
+COORDINATOR_SETTLING: Final = frozenset(
+    {"COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR"}
+)
 """The logger librdkafka's log and the clients' transient errors go to."""
 
 

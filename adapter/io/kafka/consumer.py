@@ -44,6 +44,7 @@ __all__ = [
     "Consumer",
     "Message",
     "PartitionStart",
+    "consume_available",
     "record_of",
 ]
 
@@ -88,6 +89,27 @@ class PartitionStart:
     topic: str
     partition: int
     offset: int
+
+
+def consume_available(
+    client: _ConfluentConsumer, max_records: int, timeout_s: float
+) -> list[Message]:
+    """What ``client`` holds now (up to ``max_records``), or the first record to come.
+
+    librdkafka's ``consume(n, timeout)`` waits until it has ``n`` records or the
+    timeout passed, which would hold a live record back for up to the whole
+    timeout. This takes what is there; only when nothing is, it waits for the first
+    record, then takes whatever else came with it.
+
+    Raises:
+        KafkaException: as ``consume``.
+    """
+    messages = client.consume(max_records, 0)
+    if not messages and timeout_s > 0:
+        messages = client.consume(1, timeout_s)
+        if messages and max_records > 1:
+            messages += client.consume(max_records - 1, 0)
+    return messages
 
 
 def _raise_from(exc: KafkaException, what: str) -> ConsumeError:
@@ -331,15 +353,7 @@ class Consumer:
         self.check()
         client = self._client
         try:
-            # librdkafka's consume(n, timeout) waits until it has n records or the
-            # timeout passed, which would hold a live record back for up to the
-            # whole timeout. Take what is there; only when nothing is, wait for
-            # the first record, then take whatever else came with it.
-            messages = client.consume(max_records, 0)
-            if not messages and timeout_s > 0:
-                messages = client.consume(1, timeout_s)
-                if messages and max_records > 1:
-                    messages += client.consume(max_records - 1, 0)
+            messages = consume_available(client, max_records, timeout_s)
         except KafkaException as exc:
             raise _raise_from(exc, "consume failed") from exc
         wanted = [m for m in messages if m.error() is None]

@@ -27,11 +27,11 @@ from confluent_kafka import Producer as _ConfluentProducer
 
 from adapter.core.config import KafkaSettings
 from adapter.core.errors import KafkaIOError
-from adapter.io.kafka.client import client_log, config_error
-from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG
+from adapter.io.kafka.client import COORDINATOR_SETTLING, client_log, config_error
+from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG, consume_available
 from adapter.io.kafka.records import from_message
 
-__all__ = ["AbortedTransaction", "TransactionalPipe"]
+__all__ = ["AbortedTransaction", "TransactionalPipe", "passes"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ _T = TypeVar("_T")
 
 #: How often one call is retried on a ``retriable()`` error before giving up.
 _RETRIES: Final = 5
+
+
+def passes(error: KafkaError) -> bool:
+    """Whether a consume error is transient: the client recovers without our help."""
+    return bool(error.retriable()) or error.name() in COORDINATOR_SETTLING
 
 
 class AbortedTransaction(KafkaIOError):
@@ -96,6 +101,12 @@ class TransactionalPipe:
             "acks": "all",
             "linger.ms": "5",
             "compression.type": "lz4",
+            # While the broker still writes the previous transaction's markers it
+            # answers the next one's first request with CONCURRENT_TRANSACTIONS, and
+            # librdkafka retries after retry.backoff.ms: at the default 100 ms that
+            # wait was most of every transaction (bench/feed_latency.py). Kafka's own
+            # Java client retries this case after 20 ms.
+            "retry.backoff.ms": "10",
             "transaction.timeout.ms": str(int(transaction_timeout_s * 1000)),
             **settings.to_librdkafka(),
             "logger": client_log(),
@@ -107,6 +118,7 @@ class TransactionalPipe:
             raise config_error(exc, settings) from exc
         self.transactional_id = transactional_id
         self._open = False
+        self._assignment: list[TopicPartition] = []
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -138,6 +150,7 @@ class TransactionalPipe:
             if found is None or found.error is not None or not found.partitions:
                 raise KafkaIOError(f"input topic {topic} does not exist")
             assignment += [TopicPartition(topic, p) for p in sorted(found.partitions)]
+        self._assignment = assignment
         self._consumer.assign(assignment)
 
     def close(self) -> None:
@@ -159,18 +172,36 @@ class TransactionalPipe:
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         """Up to ``max_records`` input messages, waiting at most ``timeout_s``.
 
+        The records already fetched, or else the first to come: a batch never waits
+        to fill up, so a live event is not held back for the whole timeout (while a
+        transaction commits, the next batch gathers by itself).
+
+        A transient error among them (a group coordinator moving or loading,
+        anything the client says is retriable) drops the whole batch and assigns
+        the input again, which starts each partition from the group's committed
+        offset: librdkafka does not fetch the committed offsets again by itself
+        after such an error (the input then stalled), and keeping the batch's other
+        records while dropping the error would let the next commit skip past
+        records never published.
+
         Raises:
-            ConsumeError: a partition reported an error other than its end.
+            ConsumeError: a partition reported an error that is neither its end nor
+                transient (the process ends; nothing past the last commit is lost).
         """
         try:
-            messages = self._consumer.consume(max_records, timeout_s)
+            messages = consume_available(self._consumer, max_records, timeout_s)
         except KafkaException as exc:
             raise self._as_error(exc, "consume failed") from exc
+        self._producer.poll(0)  # serve delivery reports and the log
         for message in messages:
             error = message.error()
-            if error is not None and error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001
+            if error is None or error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                continue
+            if not passes(error):
                 from_message(message)  # raises the partition's error
-        self._producer.poll(0)  # serve delivery reports and the log
+            logger.warning("feed input: %s; reading again from the commit", error.str())
+            self._consumer.assign(self._assignment)
+            return []
         return [m for m in messages if m.error() is None]
 
     # -- writing ------------------------------------------------------------------------
