@@ -73,6 +73,9 @@ class SimulatedHomeserver:
         self._last_event_id = "$none"
         self._recent_events: deque[_Published] = deque(maxlen=max(RESEND, 64))
         self._resend_wanted = 0
+        # Set under the lock once the writing loop is over: a re-send asked for
+        # after that is done by the asker (a quick run can finish writing first).
+        self._closing = False
         self.history: dict[tuple[str, str], int] = {}
         """The last history token per (stream, writer); later tokens are the run's."""
         self.last_token: dict[tuple[str, str], int] = {}
@@ -179,9 +182,19 @@ class SimulatedHomeserver:
         self._publisher.flush()
 
     def request_resend(self, count: int) -> None:
-        """Ask the writing thread to re-publish its last ``count`` events records."""
+        """Re-publish the last ``count`` events records, as a writer does after a reconnect.
+
+        The writing thread does it; once its loop is over, this call waits for the
+        thread's final flush and does it here, so a re-send asked for late still
+        happens (``_resend`` takes the request atomically: it runs once).
+        """
         with self._lock:
             self._resend_wanted = count
+            closing = self._closing
+        if closing:
+            self.finished.wait(60)
+            self._resend()
+            self._publisher.flush(30.0)
 
     def _resend(self) -> None:
         with self._lock:
@@ -214,6 +227,8 @@ class SimulatedHomeserver:
                     # Announce positions (for ``synkafka lag``) and wait for the acks.
                     self._publisher.flush(10.0)
                     next_flush = time.monotonic() + 0.25
+            with self._lock:
+                self._closing = True
             if self._resend_wanted:
                 self._resend()
             self._publisher.flush(30.0)

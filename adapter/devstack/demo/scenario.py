@@ -516,6 +516,7 @@ class DemoScenario:
             typing_rows=written.get("typing", 0),
             expiry_s=expiry,
             tombstones=tombstones,
+            resend_asked=self._s.resend,
         )
 
     def _final_lag(self) -> list[LagRow]:
