@@ -1,8 +1,8 @@
 """A real Prometheus scrapes a synkafka health server and evaluates our PromQL.
 
 Debian's ``prometheus`` binary runs on 127.0.0.1 with a 1 s scrape interval and
-deploy/prometheus/alerts.yml as its rule file. It scrapes one target under both job
-names of deploy/prometheus/prometheus.yml. Every PromQL expression of the Grafana
+deploy/prometheus/alerts.yml as its rule file. It scrapes one target under each job
+name of deploy/prometheus/prometheus.yml (consumer, bridge, feed). Every PromQL expression of the Grafana
 dashboards (Grafana variables replaced by concrete values) and of the alert rules
 must return at least one series, and every alert must fire on a process in trouble.
 
@@ -46,7 +46,7 @@ from tests.integration.harness import ensure_topics, json_lines
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_YML = REPO / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARDS = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
-JOBS = ("synkafka-consumer", "synkafka-bridge")
+JOBS = ("synkafka-consumer", "synkafka-bridge", "synkafka-feed")
 DEADLINE_S = 30.0
 
 # Expressions on kafka-exporter metrics: valid (test_deploy.py checks the names) but
@@ -55,6 +55,9 @@ EXPORTER_ONLY = frozenset(
     {
         "synkafka-consumer: Broker-side consumer-group lag (kafka-exporter)",
         "synkafka-bridge: Topic write rate (kafka-exporter)",
+        "synkafka-feed: Feed behind the events topic (kafka-exporter)",
+        "synkafka-feed: Readers behind the feed (kafka-exporter)",
+        "synkafka-feed: Feed topic write rate (kafka-exporter)",
         "alert SynkafkaBrokerConsumerGroupLag",
     }
 )
@@ -127,6 +130,8 @@ _LABELS: tuple[dict[str, str], dict[str, str]] = (
 _OVERRIDES = {
     ("synkafka_bridge_gaps", "outcome"): ("repaired", "unrepaired"),
     ("synkafka_dead_letters", "reason"): ("decode_failed", "handler_failed"),
+    ("synkafka_feed_events", "outcome"): ("published", "missing"),
+    ("synkafka_feed_transactions", "outcome"): ("committed", "aborted"),
 }
 # Gauges with a meaning per label set: (first, second); others just move.
 _GAUGES = {
