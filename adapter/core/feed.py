@@ -47,6 +47,7 @@ __all__ = [
     "Publish",
     "RecentEvents",
     "Undecodable",
+    "advance_tokens",
     "feed_decisions",
     "feed_event_from_json",
     "feed_event_ids",
@@ -255,6 +256,8 @@ class FeedInput:
         offset: its offset.
         rows: its RDATA rows (empty for a POSITION, which the feed does not need).
         error: why it could not be decoded, else ``None``.
+        writer: the RDATA's writer (instance name), else ``None``.
+        token: the RDATA's token, else ``None``.
     """
 
     topic: str
@@ -262,6 +265,34 @@ class FeedInput:
     offset: int
     rows: tuple[object, ...] = ()
     error: str | None = None
+    writer: str | None = None
+    token: int | None = None
+
+    def stale(self, tokens: Mapping[str, int]) -> bool:
+        """Whether this RDATA's token is at or below its writer's in ``tokens``.
+
+        A writer's tokens only grow, so such a record is a re-send of one the feed
+        already handled (the bridge after a reconnect, say).
+        """
+        if self.writer is None or self.token is None:
+            return False
+        last = tokens.get(self.writer)
+        return last is not None and self.token <= last
+
+
+def advance_tokens(
+    inputs: Iterable[FeedInput], tokens: Mapping[str, int]
+) -> dict[str, int]:
+    """Each writer's highest token after ``inputs``: what the batch's commit records.
+
+    The feed keeps this map in its committed offsets' metadata, so a re-sent record
+    is recognised after a restart too (:meth:`FeedInput.stale`).
+    """
+    out = dict(tokens)
+    for item in inputs:
+        if item.writer is not None and item.token is not None:
+            out[item.writer] = max(out.get(item.writer, item.token), item.token)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +332,7 @@ def plan_batch(
     inputs: Sequence[FeedInput],
     stored: Mapping[str, FeedEvent],
     published: Container[tuple[str, bool]] = (),
+    tokens: Mapping[str, int] | None = None,
 ) -> tuple[list[Output], dict[tuple[str, int], int]]:
     """What one transaction writes, in input order, and the input offsets it commits.
 
@@ -310,6 +342,9 @@ def plan_batch(
         published: ``(event_id, outlier)`` keys earlier batches committed (a
             :class:`RecentEvents`); an event published by those or earlier in this
             batch is a :class:`Duplicate`.
+        tokens: each writer's last token committed (the offsets' metadata); a record
+            at or below it, or below one earlier in this batch, is a re-send, and
+            its events are :class:`Duplicate` whatever ``published`` says.
 
     Returns:
         The outputs, and per (topic, partition) the next offset to consume (one past
@@ -319,6 +354,7 @@ def plan_batch(
     outputs: list[Output] = []
     next_offsets: dict[tuple[str, int], int] = {}
     seen = _Published(published)
+    running = dict(tokens or {})
     for item in inputs:
         next_offsets[(item.topic, item.partition)] = item.offset + 1
         if item.error is not None:
@@ -326,6 +362,14 @@ def plan_batch(
                 Undecodable(item.topic, item.partition, item.offset, item.error)
             )
             continue
+        if tokens is not None and item.stale(running):
+            outputs.extend(
+                Duplicate(row.event_id, row.outlier)
+                for row in item.rows
+                if isinstance(row, EventsEventRow)
+            )
+            continue
+        running = advance_tokens([item], running)
         decisions = feed_decisions(item.rows, stored, seen)
         seen.add(decisions)
         outputs.extend(decisions)

@@ -36,10 +36,12 @@ from adapter.core.feed import (
     Output,
     Publish,
     RecentEvents,
+    advance_tokens,
     feed_event_ids,
     feed_event_to_json,
     plan_batch,
 )
+from adapter.core.positions import decode_commit_metadata, encode_commit_metadata
 from adapter.io.db.connection import DbConnection, connect
 from adapter.io.db.event_content import read_feed_events
 from adapter.io.kafka.consumer import Message
@@ -136,6 +138,9 @@ class EventFeed:
         self._backoff = Backoff(initial_s=0.5, max_s=30.0)
         # What earlier transactions committed: a re-sent record's events are skipped.
         self._recent = RecentEvents()
+        # Each writer's last token committed: kept in the offsets' metadata, so a
+        # re-sent record is recognised after a restart too.
+        self._tokens: dict[str, int] = {}
         self.published = 0
         """Feed records committed so far (for the shutdown line and tests)."""
         self.healthy = True
@@ -150,6 +155,7 @@ class EventFeed:
         """
         self._pipe.start()
         try:
+            self.resume()
             while not stop.is_set():
                 try:
                     self.step()
@@ -168,6 +174,16 @@ class EventFeed:
         finally:
             self._pipe.close()
 
+    def resume(self) -> None:
+        """Read each writer's last committed token from the offsets' metadata.
+
+        Raises:
+            KafkaIOError: the broker did not answer.
+        """
+        self._tokens = _tokens_of(self._pipe.committed_metadata())
+        if self._tokens:
+            logger.info("resuming after tokens %s", self._tokens)
+
     def step(self) -> int:
         """Run one batch as one transaction; return the feed records it committed."""
         messages = self._pipe.poll(
@@ -185,18 +201,22 @@ class EventFeed:
         try:
             ids = [i for item in inputs for i in feed_event_ids(item.rows)]
             stored = self._read_events(ids) if ids else {}
-            outputs, next_offsets = plan_batch(inputs, stored, self._recent)
+            outputs, next_offsets = plan_batch(
+                inputs, stored, self._recent, self._tokens
+            )
+            tokens = advance_tokens(inputs, self._tokens)
             self._pipe.begin()
             values = {
                 (m.topic(), m.partition(), m.offset()): m.value() for m in messages
             }
             for output in outputs:
                 self._write(output, values)
-            self._pipe.commit(next_offsets)
+            self._pipe.commit(next_offsets, _metadata(tokens))
         except (BackfillError, KafkaIOError):
             self._pipe.abort(rewind)
             raise
         self._backoff.reset()
+        self._tokens = tokens
         keys = [
             (o.event.event_id, o.event.outlier)
             for o in outputs
@@ -219,7 +239,14 @@ class EventFeed:
         except DecodeError as exc:
             return FeedInput(topic, partition, offset, error=f"decode: {exc}")
         if isinstance(record, RdataCommand):
-            return FeedInput(topic, partition, offset, tuple(record.rows))
+            return FeedInput(
+                topic,
+                partition,
+                offset,
+                tuple(record.rows),
+                writer=record.instance_name,
+                token=record.token,
+            )
         return FeedInput(topic, partition, offset)
 
     def _write(
@@ -307,3 +334,25 @@ class EventFeed:
         for topic, n in decode_failures.items():
             metrics.decode_failures.labels(topic).inc(n)
             metrics.dead_letters.labels(topic, "decode").inc(n)
+
+
+def _metadata(tokens: dict[str, int]) -> str:
+    """The commit metadata for the feed's token map (the consumer's format)."""
+    return encode_commit_metadata({("events", w): n for w, n in tokens.items()})
+
+
+def _tokens_of(metadata: list[str]) -> dict[str, int]:
+    """Each writer's highest token in the committed offsets' metadata."""
+    tokens: dict[str, int] = {}
+    for text in metadata:
+        try:
+            found = decode_commit_metadata(text)
+        except DecodeError as exc:
+            logger.warning(
+                "ignoring committed metadata the feed did not write: %s", exc
+            )
+            continue
+        for (stream, writer), token in found.items():
+            if stream == "events":
+                tokens[writer] = max(tokens.get(writer, token), token)
+    return tokens

@@ -244,3 +244,51 @@ def test_flags_json_values_and_dead_letters(
     assert reasons[1] == "no content in the database", reasons
     # An Avro reader's bytes would be the same record: the JSON form is complete.
     assert decode(encode(FeedEvent(**message))) == FeedEvent(**message)
+
+
+def test_records_re_sent_to_a_restarted_feed_are_not_published_again(
+    kafka_bootstrap: str, prefix: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    dsn = make_database("sqlite", "", tmp_path)
+    ensure_topics(kafka_bootstrap, prefix, ["events"])
+    conn = open_db(dsn)
+    writer = SynapseWriter(conn, "persister1")
+    written = [writer.send_event(ROOMS[n % 3], "m.room.message") for n in range(30)]
+    conn.close()
+    publish_written(publisher, "events", "persister1", written)
+    publisher.flush()
+    log = tmp_path / "feed.log"
+    feed = _start_feed(kafka_bootstrap, prefix, dsn, log)
+    reader = FeedReader(kafka_bootstrap, prefix)
+    try:
+        reader.wait_for_count(30)
+        feed.send_signal(signal.SIGTERM)
+        assert feed.wait(30) == 0, log.read_text()[-2000:]
+        # What the bridge does after a reconnect: the last records again.
+        publish_written(publisher, "events", "persister1", written[-10:])
+        publisher.flush()
+        feed = _start_feed(kafka_bootstrap, prefix, dsn, log)
+        wait_for(
+            lambda: "resuming after tokens {'persister1': 30}" in log.read_text(),
+            what="the restarted feed to read its tokens",
+        )
+        wait_for(lambda: _input_lag(kafka_bootstrap, prefix) == 0, what="the re-sends")
+        assert reader.read(1.0) == 30, "re-sent events were published again"
+    finally:
+        feed.send_signal(signal.SIGTERM)
+        feed.wait(30)
+        reader.close()
+
+
+def _input_lag(bootstrap: str, prefix: str) -> int:
+    """Records of the events topic the feed's group has not committed yet."""
+    client = KafkaConsumer(
+        {"bootstrap.servers": bootstrap, "group.id": topics.feed_group(prefix)}
+    )
+    try:
+        tp = TopicPartition(topics.stream_topic(prefix, "events"), 0)
+        (committed,) = client.committed([tp], timeout=10)
+        _, high = client.get_watermark_offsets(tp, timeout=10)
+        return high - max(committed.offset, 0)
+    finally:
+        client.close()

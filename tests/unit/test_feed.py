@@ -17,6 +17,7 @@ from adapter.core.feed import (
     Missing,
     Publish,
     RecentEvents,
+    advance_tokens,
     feed_decisions,
     feed_event_ids,
     feed_event_to_json,
@@ -233,3 +234,27 @@ def test_the_database_read_splits_long_id_lists(tmp_path: Path) -> None:
     assert sorted(found) == sorted(ids)
     assert found[ids[-1]].stream_ordering == len(ids) - 1
     db.close()
+
+
+def test_a_record_at_or_below_its_writers_committed_token_is_a_re_send() -> None:
+    def rdata(offset: int, writer: str, token: int, event_id: str) -> FeedInput:
+        return FeedInput("t", 0, offset, (_ev(event_id),), writer=writer, token=token)
+
+    stored = {e: _stored(e) for e in ("$4", "$5", "$6", "$9")}
+    inputs = [
+        rdata(10, "p1", 4, "$4"),  # at the committed token: re-sent
+        rdata(11, "p1", 5, "$5"),
+        rdata(12, "p1", 5, "$5"),  # again within the batch
+        rdata(13, "p2", 9, "$9"),  # another writer, its own token
+        rdata(14, "p1", 6, "$6"),
+    ]
+    outputs, offsets = plan_batch(inputs, stored, (), {"p1": 4, "p2": 8})
+    assert outputs == [
+        Duplicate("$4", False),
+        Publish(stored["$5"]),
+        Duplicate("$5", False),
+        Publish(stored["$9"]),
+        Publish(stored["$6"]),
+    ]
+    assert offsets == {("t", 0): 15}  # every input accounted for, re-sends included
+    assert advance_tokens(inputs, {"p1": 4, "p2": 8}) == {"p1": 6, "p2": 9}

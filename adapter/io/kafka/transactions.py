@@ -153,6 +153,20 @@ class TransactionalPipe:
         self._assignment = assignment
         self._consumer.assign(assignment)
 
+    def committed_metadata(self) -> list[str]:
+        """The metadata of every assigned partition's committed offset (``""`` if none).
+
+        Read after :meth:`start`, so an older holder's open transaction is over.
+
+        Raises:
+            KafkaIOError: the broker did not answer.
+        """
+        try:
+            got = self._consumer.committed(self._assignment, timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise self._as_error(exc, "cannot read the committed offsets") from exc
+        return [tp.metadata or "" for tp in got if tp.error is None]
+
     def close(self) -> None:
         """Abort an open transaction and close both clients."""
         if self._open:
@@ -231,14 +245,24 @@ class TransactionalPipe:
             else:
                 return
 
-    def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> None:
+    def commit(
+        self, next_offsets: Mapping[tuple[str, int], int], metadata: str = ""
+    ) -> None:
         """Commit the open transaction with the input's next offsets in it.
+
+        Args:
+            next_offsets: per input partition, the next offset to consume.
+            metadata: stored with each of those offsets (the broker keeps it with
+                the commit, in the same transaction).
 
         Raises:
             AbortedTransaction: the transaction could not commit and was aborted.
             KafkaIOError: a fatal error (fenced by a newer process, authorization).
         """
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        offsets = [
+            TopicPartition(t, p, o, metadata=metadata)
+            for (t, p), o in next_offsets.items()
+        ]
         try:
             if offsets:
                 self._call(
