@@ -22,6 +22,7 @@ from adapter.codec.avro_codec import decode, encode
 from adapter.core import topics
 from adapter.core.feed import FeedEvent
 from adapter.devstack.writer import SynapseWriter
+from adapter.io.db.connection import DbConnection
 from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     dead_letter_records,
@@ -191,13 +192,20 @@ def test_every_event_reaches_the_feed_once_across_sigkills(
         assert len({e.instance_name for e in events if e.room_id == room}) == 1
 
 
+def _sqlite_persister(
+    bootstrap: str, prefix: str, tmp_path: Path
+) -> tuple[str, DbConnection, SynapseWriter]:
+    """A SQLite Synapse database, the events topic, and one persister writing."""
+    dsn = make_database("sqlite", "", tmp_path)
+    ensure_topics(bootstrap, prefix, ["events"])
+    conn = open_db(dsn)
+    return dsn, conn, SynapseWriter(conn, "persister1")
+
+
 def test_flags_json_values_and_dead_letters(
     kafka_bootstrap: str, prefix: str, publisher: Publisher, tmp_path: Path
 ) -> None:
-    dsn = make_database("sqlite", "", tmp_path)
-    ensure_topics(kafka_bootstrap, prefix, ["events"])
-    conn = open_db(dsn)
-    writer = SynapseWriter(conn, "persister1")
+    dsn, conn, writer = _sqlite_persister(kafka_bootstrap, prefix, tmp_path)
     written = [
         writer.send_event("!r:test", "m.room.message", content={"body": "hi"}),
         writer.send_event("!r:test", "m.room.message", rejected=True),
@@ -249,10 +257,7 @@ def test_flags_json_values_and_dead_letters(
 def test_records_re_sent_to_a_restarted_feed_are_not_published_again(
     kafka_bootstrap: str, prefix: str, publisher: Publisher, tmp_path: Path
 ) -> None:
-    dsn = make_database("sqlite", "", tmp_path)
-    ensure_topics(kafka_bootstrap, prefix, ["events"])
-    conn = open_db(dsn)
-    writer = SynapseWriter(conn, "persister1")
+    dsn, conn, writer = _sqlite_persister(kafka_bootstrap, prefix, tmp_path)
     written = [writer.send_event(ROOMS[n % 3], "m.room.message") for n in range(30)]
     conn.close()
     publish_written(publisher, "events", "persister1", written)
