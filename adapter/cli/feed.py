@@ -30,6 +30,7 @@ from adapter.core.feed import DEFAULT_FEED_PARTITIONS
 from adapter.io.kafka.admin import Admin
 from adapter.io.kafka.transactions import TransactionalPipe
 from adapter.io.metrics import default_metrics
+from adapter.runtime import interpreter
 from adapter.runtime.feed import EventContent, EventFeed, FeedOptions
 from adapter.runtime.health import Check, HealthServer
 
@@ -136,7 +137,11 @@ def feed(
         )
         server.start()
     try:
-        runner.run(stop)
+        # This command owns the process: fewer cycle collections keep the feed's
+        # transactions short and even (see adapter.runtime.interpreter). The feed
+        # is one thread; the switch interval is left alone.
+        with interpreter.tuned(switch_interval_s=None):
+            runner.run(stop)
     finally:
         content.close()
         if server is not None:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import adapter.cli.bridge as bridge_cli
 import adapter.cli.consume as consume_cli
+import adapter.cli.feed as feed_cli
 from adapter.cli import app
 from adapter.io.metrics import CollectorRegistry, Metrics
 from adapter.runtime.interpreter import GC_THRESHOLD, SWITCH_INTERVAL_S
@@ -104,5 +105,29 @@ def test_bridge_raises_the_gc_thresholds_only_and_restores_them(
     monkeypatch.setattr(bridge_cli, "_read_state", lambda settings, prefix: ({}, {}))
     argv = ["bridge", "--redis", "redis://127.0.0.1:1", "--server-name", "example.org"]
     _invoke(monkeypatch, bridge_cli, argv)
+    assert _seen == [(GC_THRESHOLD, 0.005)]
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+class _FakeFeed:
+    published = 0
+    healthy = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def run(self, stop: threading.Event) -> None:
+        _record()
+
+
+def test_feed_raises_the_gc_thresholds_only_and_restores_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(feed_cli, "EventFeed", _FakeFeed)
+    for name in ("TransactionalPipe", "EventContent"):
+        monkeypatch.setattr(feed_cli, name, _Quiet)
+    monkeypatch.setattr(feed_cli, "reach_kafka", lambda settings, timeout: None)
+    monkeypatch.setattr(feed_cli, "_ensure_topics", lambda admin, prefix, n: None)
+    _invoke(monkeypatch, feed_cli, ["feed", "--prefix", "p", "--db", "sqlite:///x.db"])
     assert _seen == [(GC_THRESHOLD, 0.005)]
     assert gc.get_threshold() == (700, 10, 10)
