@@ -15,7 +15,8 @@ This process writes ``--rate`` events/s for ``--seconds`` with the writer simula
 content, and publishes the matching RDATA line on Redis as Synapse does. ``synkafka
 bridge`` and ``synkafka feed`` run as child processes, as deployed. A
 ``read_committed`` reader in this process plays the handler: latency is the time it
-gets the record minus the time the event's write began.
+gets the record minus the time the event was persisted (its write committed, the
+moment Synapse would send its row); the time from the write's start is printed too.
 
 Target (docs/benchmarks.md): p99 under 100 ms at 1,000 events/s.
 
@@ -143,14 +144,16 @@ def write(
     server: str,
     count: int,
     rate: float,
-) -> tuple[dict[str, int], float]:
+) -> tuple[dict[str, int], dict[str, int], float]:
     """Write ``count`` events at ``rate``/s, each followed by its RDATA line.
 
     Returns:
-        When each event's write began (wall clock, ns; also in its content), and
-        the seconds the writing took.
+        When each event's write began (wall clock, ns; also in its content), when
+        its transaction had committed (the event persisted, just before Synapse
+        would send its row), and the seconds the writing took.
     """
     written: dict[str, int] = {}
+    persisted: dict[str, int] = {}
     started = time.monotonic()
     for i in range(count):
         delay = started + i / rate - time.monotonic()
@@ -161,12 +164,14 @@ def write(
         token, rows = writer.send_event(
             ROOMS[i % len(ROOMS)], "m.room.message", content=content
         )
+        committed = time.time_ns()
         # Synapse persists first, then sends the row: one line per row and token.
         for row in rows:
             line = f"RDATA events {WRITER} {token} {json.dumps(row, separators=(',', ':'))}"
             client.publish(server, line)
         written[str(rows[0][1][0])] = began
-    return written, time.monotonic() - started
+        persisted[str(rows[0][1][0])] = committed
+    return written, persisted, time.monotonic() - started
 
 
 def latencies_ms(written: dict[str, int], arrived: dict[str, int]) -> list[float]:
@@ -249,11 +254,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             handler.start()
             bridged.start()
             writer = SynapseWriter(conn, WRITER)
-            warm, _ = write(writer, client, server, WARM_UP, 100.0)
+            warm, _, _ = write(writer, client, server, WARM_UP, 100.0)
             wait_for(
                 "the warm-up events", lambda: warm.keys() <= handler.arrived.keys()
             )
-            written, seconds = write(writer, client, server, count, args.rate)
+            written, persisted, seconds = write(
+                writer, client, server, count, args.rate
+            )
             wait_for(
                 "every event on the feed",
                 lambda: written.keys() <= handler.arrived.keys(),
@@ -268,7 +275,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             client.close()
             conn.close()
         lat = latencies_ms(written, handler.arrived)
-        p99 = quantile(lat, 0.99)
+        # The target's clock starts when the event is persisted (its write committed).
+        from_persist = latencies_ms(persisted, handler.arrived)
+        p99 = quantile(from_persist, 0.99)
+        commits = [(persisted[e] - began) / 1e6 for e, began in written.items()]
         header(
             "feed latency (persist -> Redis -> bridge -> Kafka -> feed -> handler)",
             path="writer simulator (SQLite) + RDATA on Redis, `synkafka bridge` and "
@@ -277,9 +287,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             f"reached; feed --batch {args.batch}",
         )
         print(
-            f"   to the events topic (bridge)  ms: {summary(latencies_ms(written, bridged.arrived))}"
+            f"   persisted -> events topic     ms: {summary(latencies_ms(persisted, bridged.arrived))}"
         )
-        print(f"   to the handler (feed)         ms: {summary(lat)}")
+        print(f"   the database write itself     ms: {summary(commits)}")
+        print(
+            f"   to the handler (feed)         ms: {summary(lat)}  (from the write's start)"
+        )
+        print(f"   persisted -> handler          ms: {summary(from_persist)}")
         committed, batch_s = transactions
         print(
             f"   feed transactions: {committed:,.0f} (with the warm-up), "
@@ -287,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             f"{batch_s / max(committed, 1) * 1000:.1f} ms (poll to commit) each"
         )
         print(
-            f"   target p99 < {TARGET_MS:g} ms to the handler: "
+            f"   target p99 < {TARGET_MS:g} ms, persisted -> handler: "
             f"{verdict(p99, TARGET_MS, below=True)}"
         )
         return {"p99_ms": p99, "rate": count / seconds}
