@@ -199,7 +199,13 @@ class EventFeed:
             )
         inputs = [self._input(m) for m in messages]
         try:
-            ids = [i for item in inputs for i in feed_event_ids(item.rows)]
+            # A re-sent record's events are not published: their content is not read.
+            ids = [
+                i
+                for item in inputs
+                if not item.stale(self._tokens)
+                for i in feed_event_ids(item.rows)
+            ]
             stored = self._read_events(ids) if ids else {}
             outputs, next_offsets = plan_batch(
                 inputs, stored, self._recent, self._tokens
