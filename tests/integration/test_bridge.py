@@ -772,6 +772,10 @@ def test_an_instance_leaves_when_every_connection_that_may_carry_it_closed(
         with BridgeRun(
             redis_url, server_name, kafka_bootstrap, prefix, probe_interval_s=0.2
         ) as run:
+            # Both connections exist and have just spoken before either USER_SYNC, so
+            # the list after each one holds both, whichever the bridge takes first.
+            worker_a.ping()
+            worker_b.ping()
             worker_a.publish(server_name, "USER_SYNC instA @a:x DEV start 1000")
             worker_b.publish(server_name, "USER_SYNC instB @b:x DEV start 1000")
             _wait_records(kafka_bootstrap, topic, 2, "both snapshots")
