@@ -13,10 +13,18 @@ The path, every part a real process or service::
 This process writes ``--rate`` events/s for ``--seconds`` with the writer simulator
 (:class:`~adapter.devstack.writer.SynapseWriter`), each carrying its write time in its
 content, and publishes the matching RDATA line on Redis as Synapse does. ``synkafka
-bridge`` and ``synkafka feed`` run as child processes, as deployed. A
-``read_committed`` reader in this process plays the handler: latency is the time it
-gets the record minus the time the event was persisted (its write committed, the
-moment Synapse would send its row); the time from the write's start is printed too.
+bridge`` and ``synkafka feed`` run as child processes, as deployed. The handler is a
+one-member ``synkafka feed-consume`` group (its runtime,
+:class:`~adapter.runtime.feed_reader.FeedReader`, in this process): latency is the
+time the handler is called minus the time the event was persisted (its write
+committed, the moment Synapse would send its row); the time from the write's start
+is printed too.
+
+Steady state is what is measured: first ``--warm-up`` seconds are written at the same
+rate and not counted. The bench starts its own broker, and a JVM just started spends
+its first half minute compiling (its C2 compiler thread took most of a core at
+1,000 events/s, and the p99 was 250 to 450 ms through it); a broker in service has
+long finished that.
 
 Target (docs/benchmarks.md): p99 under 100 ms at 1,000 events/s.
 
@@ -38,17 +46,18 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from adapter.codec.avro_codec import decode
 from adapter.core import topics
 from adapter.core.commands import RdataCommand
 from adapter.core.config import KafkaSettings
-from adapter.core.feed import FeedEvent
+from adapter.core.feed import DEFAULT_FEED_PARTITIONS, FeedEvent
 from adapter.core.rows import STREAM_NAMES, EventsEventRow
 from adapter.devstack.services import RedisServer
 from adapter.devstack.services._process import free_port
@@ -56,10 +65,14 @@ from adapter.devstack.writer import SynapseWriter
 from adapter.io.db.connection import connect
 from adapter.io.db.synapse_schema import create_synapse_tables
 from adapter.io.kafka.admin import Admin
+from adapter.io.kafka.consumer import consume_available
+from adapter.io.kafka.group_consumer import GroupConsumer, Message, RebalanceListener
+from adapter.io.metrics import Metrics
+from adapter.runtime import interpreter
+from adapter.runtime.feed_reader import FeedReader, FeedReaderOptions
 from bench._common import WRITER, header, kafka, verdict
 
 TARGET_MS = 100.0
-WARM_UP = 50
 ROOMS = [f"!room{n}:bench.test" for n in range(20)]
 
 
@@ -68,11 +81,13 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class Reader:
-    """A ``read_committed`` reader noting when each event reached it (wall clock, ns).
+class StreamReader:
+    """A ``read_committed`` reader of the events stream topic, in a thread.
 
-    Reads the feed topic (the handler: one event per record) or the events stream
-    topic (where the bridge's records land: their ``ev`` rows name the events).
+    Notes when each event's RDATA record (written by the bridge) reached it (wall
+    clock, ns): the bridge stage's latency. It takes what librdkafka holds at once
+    (:func:`~adapter.io.kafka.consumer.consume_available`), as the product's
+    consumers do, so no record waits for a batch to fill.
     """
 
     def __init__(self, bootstrap: str, topic: str, group: str) -> None:
@@ -85,7 +100,6 @@ class Reader:
                 "group.id": group,
                 "isolation.level": "read_committed",
                 "enable.auto.commit": "false",
-                "fetch.wait.max.ms": "5",
                 "log_level": "3",
             }
         )
@@ -109,14 +123,12 @@ class Reader:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for message in self._client.consume(100, 0.05):
+            for message in consume_available(self._client, 500, 0.05):
                 now_ns = time.time_ns()
                 if message.error() is not None:
                     continue
                 value = decode(message.value() or b"")
-                if isinstance(value, FeedEvent):
-                    self.arrived[value.event_id] = now_ns
-                elif isinstance(value, RdataCommand):
+                if isinstance(value, RdataCommand):
                     for row in value.rows:
                         if isinstance(row, EventsEventRow):
                             self.arrived[row.event_id] = now_ns
@@ -125,6 +137,61 @@ class Reader:
         self._stop.set()
         self._thread.join(10)
         self._client.close()
+
+
+class Handler:
+    """A feed reader group of one member, as ``synkafka feed-consume`` runs it.
+
+    The member is the command's runtime (:class:`~adapter.runtime.feed_reader.
+    FeedReader`: group consumer, room scheduler, worker threads, commits) with a
+    handler that notes when each event reached it (wall clock, ns).
+    """
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.arrived: dict[str, int] = {}
+        settings = KafkaSettings(bootstrap_servers=bootstrap)
+        group = topics.feed_reader_group(prefix, "bench")
+        topic = topics.feed_topic(prefix)
+
+        def open_consumer(
+            listener: RebalanceListener, on_stats: Callable[[dict[str, object]], None]
+        ) -> GroupConsumer:
+            return GroupConsumer(
+                settings, group, topic, listener, session_timeout_s=10.0,
+                on_stats=on_stats,
+            )  # fmt: skip
+
+        self._reader = FeedReader(
+            open_consumer,
+            self._handle,
+            self._dead_letter,
+            FeedReaderOptions(),
+            Metrics(CollectorRegistry()),
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._reader.run, args=(self._stop,))
+
+    def _handle(self, event: FeedEvent) -> None:
+        self.arrived[event.event_id] = time.time_ns()
+
+    @staticmethod
+    def _dead_letter(message: Message, reason: str) -> None:
+        raise AssertionError(f"dead letter at {message.offset()}: {reason}")
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Join the group; return once the member holds every partition."""
+        self._thread.start()
+        wait_for(
+            "the handler's partitions",
+            lambda: len(self._reader.assigned_partitions) == DEFAULT_FEED_PARTITIONS,
+            timeout_s,
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        if self._reader.failure is not None:
+            raise self._reader.failure
 
 
 def child(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -212,6 +279,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--warm-up",
+        type=float,
+        default=30.0,
+        help="seconds written at --rate first, not measured (the broker's JIT warms)",
+    )
     parser.add_argument("--batch", type=int, default=500, help="the feed's --batch")
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
     args = parser.parse_args(argv)
@@ -222,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         kafka(args.bootstrap) as bootstrap,
         RedisServer() as redis_server,
         tempfile.TemporaryDirectory(prefix="bench-feed-latency-") as folder,
+        # This process hosts the handler: tuned as `synkafka feed-consume` tunes its own.
+        interpreter.tuned(),
     ):
         run_dir = Path(folder)
         dsn = f"sqlite:///{run_dir / 'synapse.db'}"
@@ -229,9 +304,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         create_synapse_tables(conn)
-        Admin(KafkaSettings(bootstrap_servers=bootstrap)).create_topics(
-            topics.topic_specs(prefix, STREAM_NAMES)
-        )
+        admin = Admin(KafkaSettings(bootstrap_servers=bootstrap))
+        admin.create_topics(topics.topic_specs(prefix, STREAM_NAMES))
         common = ["--bootstrap-servers", bootstrap, "--server-name", server]
         common += ["--metrics-port", "-1", "--log-level", "WARNING"]
         bridge = child(["bridge", "--redis", redis_server.url, *common], run_dir / "bridge.log")  # fmt: skip
@@ -241,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
              "--metrics-port", str(feed_port), "--log-level", "WARNING"],
             run_dir / "feed.log",
         )  # fmt: skip
-        handler = Reader(bootstrap, topics.feed_topic(prefix), f"{prefix}.bench-h")
-        bridged = Reader(
+        handler = Handler(bootstrap, prefix)
+        bridged = StreamReader(
             bootstrap, topics.stream_topic(prefix, "events"), f"{prefix}.bench-b"
         )
         client = redis.Redis.from_url(redis_server.url)
@@ -251,10 +325,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                 "the bridge to subscribe",
                 lambda: dict(client.pubsub_numsub(server)).get(server.encode(), 0) > 0,
             )
+            feed_topic = topics.feed_topic(prefix)
+            wait_for(
+                "synkafka feed to create its topic",
+                lambda: admin.existing_topics([feed_topic]) == {feed_topic},
+            )
             handler.start()
             bridged.start()
             writer = SynapseWriter(conn, WRITER)
-            warm, _, _ = write(writer, client, server, WARM_UP, 100.0)
+            warm_up = int(args.rate * args.warm_up)
+            warm, _, _ = write(writer, client, server, warm_up, args.rate)
             wait_for(
                 "the warm-up events", lambda: warm.keys() <= handler.arrived.keys()
             )
@@ -297,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         committed, batch_s = transactions
         print(
             f"   feed transactions: {committed:,.0f} (with the warm-up), "
-            f"{(count + WARM_UP) / max(committed, 1):.1f} events and "
+            f"{(count + warm_up) / max(committed, 1):.1f} events and "
             f"{batch_s / max(committed, 1) * 1000:.1f} ms (poll to commit) each"
         )
         print(
