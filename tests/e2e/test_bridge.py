@@ -43,8 +43,8 @@ from adapter.runtime.presence_follower import PresenceFollower
 from tests.e2e.capture import RedisCapture
 from tests.e2e.matrix_client import MatrixClient, MatrixError
 from tests.e2e.scenario import run_scenario
+from tests.integration.bridge_run import BridgeRun, rdata_by_token, read_topic
 from tests.integration.harness import ConsumerRun, ensure_topics, wait_for
-from tests.integration.test_bridge import BridgeRun, rdata_by_token, read_topic
 
 # Database streams whose tables keep every row in range (a log): compared exactly.
 _LOG_STREAMS = ("events",)

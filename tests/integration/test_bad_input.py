@@ -31,6 +31,7 @@ from adapter.devstack.services import PostgresCluster
 from adapter.devstack.services._process import free_port
 from adapter.io.kafka.admin import Admin
 from adapter.runtime.publisher import Publisher
+from tests.integration.bridge_run import BridgeRun, read_topic
 from tests.integration.harness import (
     ConsumerRun,
     allow_large_records,
@@ -38,7 +39,6 @@ from tests.integration.harness import (
     ensure_topics,
     wait_for,
 )
-from tests.integration.test_bridge import BridgeRun, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "syt_YmFk_InPuTsEcReT_9z8y7x"  # noqa: S105 (made up; must never show)

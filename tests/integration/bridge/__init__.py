@@ -1,0 +1,1 @@
+"""The bridge between a real Redis and a real Kafka."""
