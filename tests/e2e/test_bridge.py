@@ -34,6 +34,7 @@ from adapter.core import topics
 from adapter.core.commands import PositionCommand
 from adapter.core.config import KafkaSettings
 from adapter.core.ports import StreamUpdate
+from adapter.core.presence_snapshot import PresenceSnapshot
 from adapter.core.rows import STREAM_NAMES, row_to_wire
 from adapter.devstack.services import RedisServer
 from adapter.devstack.services.synapse import MAIN_INSTANCE_NAME, SynapseHomeserver
@@ -43,7 +44,7 @@ from adapter.runtime.presence_follower import PresenceFollower
 from tests.e2e.capture import RedisCapture
 from tests.e2e.matrix_client import MatrixClient, MatrixError
 from tests.e2e.scenario import run_scenario
-from tests.integration.bridge_run import BridgeRun, rdata_by_token, read_topic
+from tests.integration.bridge_run import BridgeRun, decoded, rdata_by_token, read_topic
 from tests.integration.harness import ConsumerRun, ensure_topics, wait_for
 
 # Database streams whose tables keep every row in range (a log): compared exactly.
@@ -247,15 +248,26 @@ def _check_presence(
         prefix,
     )
     try:
-        follower.replay()
+        # The worker's snapshot named the user as syncing. The scenario has stopped
+        # syncing by now, so the worker may already have said so: the history, not
+        # the present view, shows the start.
         wait_for(
-            lambda: (
-                follower.poll_once() >= 0
-                and instance_id in follower.state()
-                and follower.is_syncing(user_id)
+            lambda: any(
+                isinstance(value, PresenceSnapshot)
+                and value.instance_id == instance_id
+                and user_id in {d.user_id for d in value.syncing}
+                for value in decoded(
+                    read_topic(bootstrap, topics.presence_topic(prefix))
+                )
             ),
             30,
             f"{user_id} syncing on the worker's instance {instance_id}",
+        )
+        follower.replay()
+        wait_for(
+            lambda: follower.poll_once() >= 0 and instance_id in follower.state(),
+            30,
+            f"the worker's instance {instance_id} in the view",
         )
         client = redis.Redis.from_url(redis_url)
         try:

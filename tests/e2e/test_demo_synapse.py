@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.integration.harness import wait_for
 
 
 def _children_of(pid: int) -> list[int]:
@@ -25,7 +26,6 @@ def _children_of(pid: int) -> list[int]:
 
 
 def test_demo_with_synapse_quick(tmp_path: Path) -> None:
-    pytest.importorskip("synapse")
     before = set(_children_of(os.getpid()))
     run = subprocess.run(
         [
@@ -51,7 +51,21 @@ def test_demo_with_synapse_quick(tmp_path: Path) -> None:
     assert "lag                   0 tokens, 0 messages" in run.stdout
     assert "All 9 checks passed." in run.stdout
     assert set(_children_of(os.getpid())) <= before
-    # No process of the run is left: nothing has the run folder on its command line.
+    # No process of the run is left: nothing has the run folder on its command line
+    # (polled: children reparented at the end may take a moment to exit).
+    left: list[str] = []
+
+    def none_left() -> bool:
+        left[:] = _run_processes(tmp_path)
+        return not left
+
+    with contextlib.suppress(AssertionError):
+        wait_for(none_left, 10, "the run's processes to exit")
+    assert not left, left
+
+
+def _run_processes(folder: Path) -> list[str]:
+    """Processes with ``folder`` on their command line, as ``pid: cmdline``."""
     left = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -59,6 +73,6 @@ def test_demo_with_synapse_quick(tmp_path: Path) -> None:
                 cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if str(tmp_path) in cmdline:
+            if str(folder) in cmdline:
                 left.append(f"{proc.name}: {cmdline}")
-    assert not left, left
+    return left

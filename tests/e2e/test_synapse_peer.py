@@ -191,6 +191,16 @@ def test_homeserver_restarts_and_resubscribes(
         hs.restart()
         assert hs.pid != pid
         assert hs.subscriber_count() == 2
+        # The restarted process subscribes before it sends its REPLICATE: wait for
+        # the second one rather than count at once.
+        first = redis_capture.wait_for(
+            lambda ln: ln.line == "REPLICATE ", what="the first REPLICATE"
+        )
+        redis_capture.wait_for(
+            lambda ln: ln.line == "REPLICATE ",
+            what="the restarted process's REPLICATE",
+            after=redis_capture.lines().index(first) + 1,
+        )
         replicates = [ln for ln in redis_capture.lines() if ln.line == "REPLICATE "]
         assert len(replicates) == 2
     client = redis.Redis.from_url(redis_url)

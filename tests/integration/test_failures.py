@@ -357,7 +357,7 @@ def test_presence_track_stops_within_seconds_when_the_broker_is_unreachable(
             proc.wait(10)
     stderr = err.read_text("utf-8", "replace")
     # Before: 30.7 s (the first snapshot's 30 s wait, then 5 s for the clear).
-    assert took < 8, f"took {took:.1f} s\n{stderr}"
+    assert took < 12, f"took {took:.1f} s\n{stderr}"  # 5 s for the clear, then exit
     assert proc.returncode == EXIT_RUNTIME, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("synkafka: ")]
     assert len(errors) == 1, stderr

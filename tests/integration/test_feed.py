@@ -39,7 +39,7 @@ ROOMS = [f"!room{n}:test" for n in range(6)]
 
 
 def _start_feed(
-    bootstrap: str, prefix: str, dsn: str, log: Path, *extra: str
+    bootstrap: str, prefix: str, dsn: str, log: Path, *extra: str, batch: int = 40
 ) -> subprocess.Popen[bytes]:
     """The feed as its own process; its log is appended to ``log``."""
     with log.open("ab") as stderr:
@@ -47,7 +47,7 @@ def _start_feed(
             [
                 sys.executable, "-m", "adapter", "feed",
                 "--bootstrap-servers", bootstrap, "--prefix", prefix, "--db", dsn,
-                "--metrics-port", "-1", "--partitions", "4", "--batch", "40", *extra,
+                "--metrics-port", "-1", "--partitions", "4", "--batch", str(batch), *extra,
             ],
             stderr=stderr,
         )  # fmt: skip
@@ -140,7 +140,9 @@ def test_every_event_reaches_the_feed_once_across_sigkills(
     ids = _write_and_publish(writers, publisher, 300, 0)
 
     log = tmp_path / "feed.log"
-    feed = _start_feed(kafka_bootstrap, prefix, dsn, log)
+    # Small transactions: a round's backlog takes the feed most of a second, so a
+    # SIGKILL sent on its first progress lands mid-stream even on a slow machine.
+    feed = _start_feed(kafka_bootstrap, prefix, dsn, log, batch=10)
     reader = FeedReader(kafka_bootstrap, prefix)
     kills_mid_stream = 0
     try:
@@ -158,7 +160,7 @@ def test_every_event_reaches_the_feed_once_across_sigkills(
             # Dead now: what is committed stays; anything open was cut short.
             if reader.read(1.0) < len(ids):
                 kills_mid_stream += 1
-            feed = _start_feed(kafka_bootstrap, prefix, dsn, log)
+            feed = _start_feed(kafka_bootstrap, prefix, dsn, log, batch=10)
         ids += _write_and_publish(writers, publisher, 100, 1100)
         reader.wait_for_count(len(ids))
         records = reader.records

@@ -136,12 +136,6 @@ def test_three_members_share_the_feed_and_survive_a_sigkill(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
     topic = _feed_topic(kafka_bootstrap, prefix)
-    events = [_event(n, ROOMS[n % len(ROOMS)], f"message {n}") for n in range(2400)]
-    placed = _produce(kafka_bootstrap, topic, events)
-    heads: dict[int, int] = defaultdict(int)
-    for partition, offset in placed.values():
-        heads[partition] = max(heads[partition], offset + 1)
-    at: dict[tuple[int, int], str] = {w: e for e, w in placed.items()}
     group_id = topics.feed_reader_group(prefix, "g")
     logs = [tmp_path / f"member{n}.jsonl" for n in range(3)]
     members = [
@@ -149,6 +143,22 @@ def test_three_members_share_the_feed_and_survive_a_sigkill(
     ]
     victim = members[1]
     try:
+        # The events come once every member holds partitions: a member slow to start
+        # on a loaded machine must not find the work done by the others already.
+        wait_for(
+            lambda: all(
+                b"assigned partitions" in log.with_suffix(".stderr").read_bytes()
+                for log in logs
+            ),
+            timeout_s=60,
+            what="every member in the group",
+        )
+        events = [_event(n, ROOMS[n % len(ROOMS)], f"message {n}") for n in range(2400)]
+        placed = _produce(kafka_bootstrap, topic, events)
+        heads: dict[int, int] = defaultdict(int)
+        for partition, offset in placed.values():
+            heads[partition] = max(heads[partition], offset + 1)
+        at: dict[tuple[int, int], str] = {w: e for e, w in placed.items()}
         # All three in the group and working: kill one of them mid-run.
         wait_for(
             lambda: all(len(json_lines(log)) >= 20 for log in logs),

@@ -295,19 +295,26 @@ def test_rooms_run_concurrently_each_in_order_and_commits_cover_only_finished() 
 
 def test_a_revocation_waits_for_running_handlers_and_commits_them() -> None:
     started = threading.Event()
+    release = threading.Event()
     done: list[int] = []
 
     def handler(event: FeedEvent) -> None:
         started.set()
-        time.sleep(0.2)
+        # Held until the reader has taken the revocation, however slow the machine.
+        release.wait(10)
         done.append(event.stream_ordering)
 
     messages = [_Message(0, n, _event(n, "!r:test")) for n in range(3)]
     reader, groups = _reader(handler, messages, [], concurrency=2)
+    asked = False
 
     def revoke_when_running() -> bool:
-        if started.is_set() and groups and groups[0].revoke is None and not done:
+        nonlocal asked
+        if started.is_set() and groups and not asked:
             groups[0].revoke = [0]
+            asked = True
+        elif asked and groups[0].revoke is None:
+            release.set()  # taken by the poll: the handler may finish
         return reader.assigned_partitions == [1]
 
     _run(reader, revoke_when_running)
