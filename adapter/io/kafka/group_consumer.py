@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from adapter.core.config import KafkaSettings
 from adapter.core.errors import ConsumeError, KafkaIOError
 from adapter.io.kafka.client import client_log, config_error
-from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG
+from adapter.io.kafka.consumer import DEFAULT_CONSUMER_CONFIG, consume_available
 from adapter.io.kafka.records import from_message
 
 __all__ = ["GroupConsumer", "Message", "RebalanceListener"]
@@ -151,13 +151,7 @@ class GroupConsumer:
             raise self._failure
         client = self._client
         try:
-            # consume(n, timeout) waits for n records or the timeout, holding a live
-            # record back: take what is there, and wait only when nothing is.
-            messages = client.consume(max_records, 0)
-            if not messages and timeout_s > 0:
-                messages = client.consume(1, timeout_s)
-                if messages and max_records > 1:
-                    messages += client.consume(max_records - 1, 0)
+            messages = consume_available(client, max_records, timeout_s)
         except KafkaException as exc:
             raise _consume_error(exc, "consume failed") from exc
         wanted = [m for m in messages if m.error() is None]
