@@ -31,6 +31,7 @@ Target (docs/benchmarks.md): p99 under 100 ms at 1,000 events/s.
 Usage::
 
     .venv/bin/python -m bench.feed_latency                  # 1,000/s for 20 s, SQLite
+    .venv/bin/python -m bench.feed_latency --postgres       # on a PostgreSQL of its own
     .venv/bin/python -m bench.feed_latency --rate 500 --batch 100
 """
 
@@ -71,6 +72,7 @@ from adapter.io.metrics import Metrics
 from adapter.runtime import interpreter
 from adapter.runtime.feed_reader import FeedReader, FeedReaderOptions
 from bench._common import WRITER, header, kafka, verdict
+from bench.feed import database
 
 TARGET_MS = 100.0
 ROOMS = [f"!room{n}:bench.test" for n in range(20)]
@@ -286,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         help="seconds written at --rate first, not measured (the broker's JIT warms)",
     )
     parser.add_argument("--batch", type=int, default=500, help="the feed's --batch")
+    parser.add_argument(
+        "--postgres", action="store_true", help="PostgreSQL, not SQLite"
+    )
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
     args = parser.parse_args(argv)
     server = f"bench-{uuid.uuid4().hex[:8]}.test"
@@ -295,14 +300,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         kafka(args.bootstrap) as bootstrap,
         RedisServer() as redis_server,
         tempfile.TemporaryDirectory(prefix="bench-feed-latency-") as folder,
+        database(args.postgres, None) as dsn,
         # This process hosts the handler: tuned as `synkafka feed-consume` tunes its own.
         interpreter.tuned(),
     ):
         run_dir = Path(folder)
-        dsn = f"sqlite:///{run_dir / 'synapse.db'}"
+        engine = "PostgreSQL" if dsn.startswith("postgres") else "SQLite"
         conn = connect(dsn, create=True)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        if engine == "SQLite":
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
         create_synapse_tables(conn)
         admin = Admin(KafkaSettings(bootstrap_servers=bootstrap))
         admin.create_topics(topics.topic_specs(prefix, STREAM_NAMES))
@@ -361,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         commits = [(persisted[e] - began) / 1e6 for e, began in written.items()]
         header(
             "feed latency (persist -> Redis -> bridge -> Kafka -> feed -> handler)",
-            path="writer simulator (SQLite) + RDATA on Redis, `synkafka bridge` and "
+            path=f"writer simulator ({engine}) + RDATA on Redis, `synkafka bridge` and "
             "`synkafka feed` as child processes, read_committed handler",
             events=f"{count:,} at {args.rate:,.0f}/s asked, {count / seconds:,.0f}/s "
             f"reached; feed --batch {args.batch}",
