@@ -179,11 +179,16 @@ def topic_size(bootstrap: str, topic: str) -> int:
     """How many records ``topic`` holds (sum of high watermarks)."""
     consumer = Consumer(KafkaSettings(bootstrap_servers=bootstrap), f"size-{topic}")
     try:
+        return _size(consumer, topic)
+    finally:
+        consumer.close()
+
+
+def _size(consumer: Consumer, topic: str) -> int:
+    try:
         return sum(consumer.watermarks(topic, p)[1] for p in consumer.partitions(topic))
     except ConsumeError:
         return 0  # a new topic's leader is not elected yet: ask again
-    finally:
-        consumer.close()
 
 
 def kill_bridge_connection(client: redis.Redis) -> None:
@@ -230,5 +235,13 @@ def publish_lines(client: redis.Redis, pairs: list[tuple[str, str]]) -> None:
 
 
 def wait_records(bootstrap: str, topic: str, count: int, what: str) -> None:
-    """Wait until ``topic`` holds at least ``count`` records."""
-    wait_for(lambda: topic_size(bootstrap, topic) >= count, 20, what)
+    """Wait until ``topic`` holds at least ``count`` records.
+
+    One client asks every time: a new one per 20 ms poll made hundreds of clients
+    against a broker that may have just started.
+    """
+    consumer = Consumer(KafkaSettings(bootstrap_servers=bootstrap), f"size-{topic}")
+    try:
+        wait_for(lambda: _size(consumer, topic) >= count, 20, what)
+    finally:
+        consumer.close()
