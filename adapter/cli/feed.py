@@ -31,8 +31,9 @@ from adapter.io.kafka.admin import Admin
 from adapter.io.kafka.transactions import TransactionalPipe
 from adapter.io.metrics import default_metrics
 from adapter.runtime import interpreter
+from adapter.runtime.db_probe import DatabaseProbe, first_check
 from adapter.runtime.feed import EventContent, EventFeed, FeedOptions
-from adapter.runtime.health import Check, HealthServer
+from adapter.runtime.health import Check, DependencyStatus, HealthServer
 
 __all__ = ["feed"]
 
@@ -102,6 +103,11 @@ def feed(
     setup_logging(log_level)
     resolved = resolve_prefix(prefix, server_name)
     dsn = db_dsn(db, db_password_file)
+    # A wrong --db ends the command now, not at the first event; a database that is
+    # down is waited for, and /health says so meanwhile.
+    down = first_check(dsn)
+    if down is not None:
+        logger.warning("Synapse's database does not answer yet: %s", down)
     _ensure_topics(reach_kafka(kafka, 15.0), resolved, partitions)
     metrics = default_metrics()
     stop = threading.Event()
@@ -126,16 +132,20 @@ def feed(
         metrics=metrics,
     )
     server = None
+    database = DependencyStatus()
+    probe = DatabaseProbe(dsn, database)
     if metrics_port >= 0:
         server = HealthServer(
             metrics.registry,
             alive=lambda: Check(not stop.is_set(), "stopping"),
             broker=lambda: Check(runner.healthy, "the last batch did not commit"),
             ready=lambda: {"feed": runner.healthy},
+            dependencies={"database": database.check},
             host=metrics_host,
             port=metrics_port,
         )
         server.start()
+        probe.start()
     try:
         # This command owns the process: fewer cycle collections keep the feed's
         # transactions short and even (see adapter.runtime.interpreter). The feed
@@ -145,6 +155,7 @@ def feed(
     finally:
         content.close()
         if server is not None:
+            probe.stop()
             server.stop()
     logger.info(
         "feed stopped: %d events committed to %s",

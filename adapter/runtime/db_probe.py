@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from adapter.core.errors import AdapterError
+from adapter.core.errors import AdapterError, ConfigError
 from adapter.io.db.connection import connect
 from adapter.runtime.health import DependencyStatus
 
-__all__ = ["DEFAULT_PROBE_INTERVAL_S", "DatabaseProbe"]
+__all__ = ["DEFAULT_PROBE_INTERVAL_S", "DatabaseProbe", "first_check"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +73,24 @@ class DatabaseProbe:
         while not self._stop.is_set():
             self.check_once()
             self._stop.wait(self._interval_s)
+
+
+def first_check(dsn: str) -> str | None:
+    """Open ``dsn`` once at a command's start: ``None`` if it answered, else why not.
+
+    A database that is down is an outage, which the command rides out (its
+    ``/health`` says so meanwhile); a wrong one (a SQLite file that does not exist,
+    a database or role PostgreSQL does not know, a refused password) is a mistake in
+    the settings, which no retry will mend.
+
+    Raises:
+        ConfigError: the settings name a database that cannot be the right one.
+    """
+    try:
+        with connect(dsn, connect_timeout_s=_CONNECT_TIMEOUT_S) as conn:
+            conn.fetchone("SELECT 1")
+    except ConfigError:
+        raise
+    except AdapterError as exc:
+        return str(exc)
+    return None

@@ -128,6 +128,7 @@ def test_feed_raises_the_gc_thresholds_only_and_restores_them(
         monkeypatch.setattr(feed_cli, name, _Quiet)
     monkeypatch.setattr(feed_cli, "reach_kafka", lambda settings, timeout: None)
     monkeypatch.setattr(feed_cli, "_ensure_topics", lambda admin, prefix, n: None)
+    monkeypatch.setattr(feed_cli, "first_check", lambda dsn: None)
     _invoke(monkeypatch, feed_cli, ["feed", "--prefix", "p", "--db", "sqlite:///x.db"])
     assert _seen == [(GC_THRESHOLD, 0.005)]
     assert gc.get_threshold() == (700, 10, 10)
