@@ -6,7 +6,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -74,10 +74,10 @@ def feed_consume(
         ),
     ] = 8,
     on_handler_error: Annotated[
-        str,
+        Literal["stop", "dead-letter"],
         typer.Option(
             "--on-handler-error",
-            help="stop: exit without committing past the failing event; "
+            help="stop: exit 1 without committing past the failing event; "
             "dead-letter: write it to the dead-letter topic and go on.",
         ),
     ] = "stop",
@@ -88,7 +88,7 @@ def feed_consume(
         ),
     ] = 5,
     start: Annotated[
-        str,
+        Literal["earliest", "latest"],
         typer.Option(
             "--from",
             help="Where a partition the group never committed starts: earliest or "
@@ -126,10 +126,6 @@ def feed_consume(
     the events handled since the last commit come again (key a handler on
     event_id). SIGTERM or Ctrl-C finishes running handlers, commits and exits 0.
     """
-    if on_handler_error not in ("stop", "dead-letter"):
-        raise ConfigError("--on-handler-error must be stop or dead-letter")
-    if start not in ("earliest", "latest"):
-        raise ConfigError(f"--from must be earliest or latest, got {start!r}")
     if handler is not None and output is not None:
         raise ConfigError("--handler and --output exclude each other")
     setup_logging(log_level)
