@@ -89,6 +89,23 @@ class CommitTracker:
             state.finished.discard(done)
             state.next_commit = done + 1
 
+    def passed(self, partition: int, position: int) -> None:
+        """The consumer's position in ``partition`` is ``position``.
+
+        A transaction's commit marker takes an offset that no reader ever receives,
+        so after a transactional writer's last record the position is one past what
+        the finished prefix says, and a reader committing that prefix shows a lag of
+        one for good. When every record read from the partition is finished, nothing
+        lies between the two, and the committable offset moves up to the position.
+
+        Only for a position taken while no fetched record is on its way to
+        :meth:`read` (between two polls, not inside one).
+        """
+        state = self._partitions.get(partition)
+        if state is None or state.read or state.next_commit is None:
+            return
+        state.next_commit = max(state.next_commit, position)
+
     def to_commit(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
         """The offsets to commit now: per partition, one past its finished prefix.
 

@@ -166,15 +166,19 @@ class FeedReader(RebalanceListener):
             worker.start()
         consumer.subscribe()
         next_commit = time.monotonic() + self._options.commit_interval_s
+        # A poll that raised may have moved the position past records it never
+        # returned: then the last commit goes by the finished records alone.
+        polls_done = False
         try:
             while not stop.is_set() and self.failure is None:
                 self._enqueue(consumer.poll(500, self._options.poll_timeout_s))
                 self._flow(consumer)
                 if time.monotonic() >= next_commit:
-                    self._commit(None)
+                    self._commit(None, between_polls=True)
                     next_commit = time.monotonic() + self._options.commit_interval_s
+            polls_done = True
         finally:
-            self._shut_down(consumer, workers)
+            self._shut_down(consumer, workers, between_polls=polls_done)
         if self.failure is not None:
             raise self.failure
 
@@ -210,14 +214,31 @@ class FeedReader(RebalanceListener):
             consumer.resume(sorted(self._paused))
             self._paused.clear()
 
-    def _commit(self, partitions: Collection[int] | None) -> dict[int, int]:
+    def _commit(
+        self, partitions: Collection[int] | None, *, between_polls: bool = False
+    ) -> dict[int, int]:
         """Commit the finished prefix of ``partitions`` (all when ``None``).
+
+        ``between_polls``: no poll is under way, so the consumer's positions count
+        (past transaction markers; see :meth:`CommitTracker.passed`). Not so in a
+        rebalance callback, which runs inside a poll.
 
         Returns what was committed (empty when nothing moved or the commit failed).
         """
         consumer = self._consumer
         if consumer is None:
             return {}
+        if between_polls:
+            with self._cond:
+                assigned = sorted(self._assigned)
+            try:
+                positions = consumer.positions(assigned)
+            except KafkaIOError as exc:
+                logger.info("feed reader positions unknown: %s", exc)
+                positions = {}
+            with self._cond:
+                for partition, position in positions.items():
+                    self._tracker.passed(partition, position)
         with self._cond:
             offsets = self._tracker.to_commit(partitions)
         if not offsets:
@@ -236,14 +257,18 @@ class FeedReader(RebalanceListener):
         return offsets
 
     def _shut_down(
-        self, consumer: GroupConsumer, workers: list[threading.Thread]
+        self,
+        consumer: GroupConsumer,
+        workers: list[threading.Thread],
+        *,
+        between_polls: bool,
     ) -> None:
         """Finish what runs, commit it, leave the group, end the workers."""
         self._stop.set()
         with self._cond:
             self._scheduler.drop(set(self._assigned))
             self._wait_running(None, self._options.revoke_timeout_s)
-        self._commit(None)
+        self._commit(None, between_polls=between_polls)
         consumer.close()  # revokes what is left: nothing runs, nothing new to commit
         with self._cond:
             self._workers_done = True

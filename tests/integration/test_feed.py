@@ -27,6 +27,7 @@ from adapter.runtime.publisher import Publisher
 from tests.integration.harness import (
     dead_letter_records,
     ensure_topics,
+    json_lines,
     make_database,
     open_db,
     publish_written,
@@ -299,3 +300,61 @@ def _input_lag(bootstrap: str, prefix: str) -> int:
         return high - max(committed.offset, 0)
     finally:
         client.close()
+
+
+def test_a_reader_that_caught_up_shows_no_lag_past_the_feeds_markers(
+    kafka_bootstrap: str, prefix: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    """Each feed transaction leaves a commit marker that takes an offset; a reader
+    that handled everything commits past it, so `synkafka lag` says 0, not 1."""
+    dsn, conn, writer = _sqlite_persister(kafka_bootstrap, prefix, tmp_path)
+    written = [
+        writer.send_event(f"!r{n % 3}:test", "m.room.message", content={"n": n})
+        for n in range(9)
+    ]
+    conn.close()
+    publish_written(publisher, "events", "persister1", written)
+    publisher.flush()
+    feed = _start_feed(kafka_bootstrap, prefix, dsn, tmp_path / "feed.log", batch=2)
+    # The member starts once the feed made its topic (it refuses a missing one).
+    reader = FeedReader(kafka_bootstrap, prefix)
+    try:
+        reader.wait_for_count(9)
+    finally:
+        reader.close()
+    out = tmp_path / "out.jsonl"
+    member = subprocess.Popen(
+        [
+            sys.executable, "-m", "adapter", "feed-consume",
+            "--bootstrap-servers", kafka_bootstrap, "--prefix", prefix,
+            "--group", "lagcheck", "--output", str(out), "--metrics-port", "-1",
+            "--commit-interval", "0.2",
+        ],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    rows: list[dict[str, object]] = []
+
+    def no_lag() -> bool:
+        found = subprocess.run(
+            [
+                sys.executable, "-m", "adapter", "lag",
+                "--bootstrap-servers", kafka_bootstrap, "--prefix", prefix,
+                "--group", topics.feed_reader_group(prefix, "lagcheck"), "--json",
+            ],
+            capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+        rows[:] = [json.loads(x) for x in found.stdout.splitlines()]
+        return bool(rows) and all(r["lag_messages"] == 0 for r in rows)
+
+    try:
+        wait_for(lambda: len(json_lines(out)) == 9, 60, "the nine events handled")
+        wait_for(no_lag, 30, "no lag on any partition")
+    finally:
+        for process in (member, feed):
+            process.send_signal(signal.SIGTERM)
+        _, stderr = member.communicate(timeout=30)
+        feed.wait(30)
+    assert member.returncode == 0, stderr.decode()[-2000:]
+    assert feed.returncode == 0
+    # Something was there to step over: the rooms' partitions hold markers.
+    assert any(int(str(r["committed"])) > 0 for r in rows), rows

@@ -63,6 +63,26 @@ def test_partitions_commit_independently_and_forgotten_ones_are_ignored() -> Non
     assert tracker.unfinished(0) == 1
 
 
+def test_a_position_past_a_marker_counts_only_when_everything_read_is_finished() -> (
+    None
+):
+    tracker = CommitTracker()
+    tracker.passed(0, 4)  # nothing read yet: no prefix to extend
+    assert tracker.to_commit() == {}
+    tracker.read(0, 0)
+    tracker.read(0, 2)  # offsets 1 and 3: the writer's commit markers
+    tracker.finish(0, 0)
+    tracker.passed(0, 4)  # 2 still runs: the position says nothing yet
+    assert tracker.to_commit() == {0: 1}
+    tracker.finish(0, 2)
+    tracker.passed(0, 2)  # behind the prefix: ignored
+    assert tracker.to_commit() == {0: 3}
+    tracker.passed(0, 4)
+    assert tracker.to_commit() == {0: 4}
+    tracker.passed(7, 9)  # a partition never read (or revoked): ignored
+    assert 7 not in tracker.to_commit()
+
+
 # -- RoomScheduler -------------------------------------------------------------------
 
 
@@ -190,6 +210,7 @@ class _FakeGroup:
         self._messages = messages
         self.commits: list[dict[int, int]] = []
         self.revoke: list[int] | None = None
+        self.position: dict[int, int] = {}
 
     def subscribe(self) -> None:
         self._listener.assigned([0, 1])
@@ -202,6 +223,9 @@ class _FakeGroup:
         if not out:
             time.sleep(min(timeout_s, 0.01))
         return out
+
+    def positions(self, partitions: list[int]) -> dict[int, int]:
+        return {p: o for p, o in self.position.items() if p in partitions}
 
     def commit(self, offsets: dict[int, int]) -> None:
         self.commits.append(dict(offsets))
@@ -368,3 +392,19 @@ def test_async_handlers_overlap_on_one_loop() -> None:
     reader, _ = _reader(handler, messages, [], concurrency=4)
     _run(reader, lambda: reader.handled == 4)
     assert most > 1, "rooms ran one after another"
+
+
+def test_a_caught_up_member_commits_past_the_last_transaction_marker() -> None:
+    # Offsets 0 and 2 are events; 1 and 3 the feed's commit markers, which the
+    # client steps over: its position is 4. Committing 3 would show a lag of 1.
+    messages = [_Message(0, n, _event(n, "!r:test")) for n in (0, 2)]
+    reader, groups = _reader(lambda event: None, messages, [])
+
+    def caught_up() -> bool:
+        if groups and reader.handled == 2:
+            groups[0].position = {0: 4}
+        return any(c.get(0) == 4 for c in (groups[0].commits if groups else []))
+
+    _run(reader, caught_up)
+    assert any(c.get(0) == 4 for c in groups[0].commits)
+    assert all(c.get(0, 0) <= 4 for c in groups[0].commits)

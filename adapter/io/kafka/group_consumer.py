@@ -165,6 +165,22 @@ class GroupConsumer:
                 client_log().emit(logging.WARNING, error.str(), "Kafka consumer")
         return wanted
 
+    def positions(self, partitions: Sequence[int]) -> dict[int, int]:
+        """The next offset this member will read in each of ``partitions``, if known.
+
+        Local state, no broker round trip. Past a transaction's commit marker once
+        the records before it were read.
+        """
+        if not partitions:
+            return {}
+        try:
+            found = self._client.position(
+                [TopicPartition(self.topic, p) for p in partitions]
+            )
+        except KafkaException as exc:
+            raise _consume_error(exc, "position failed") from exc
+        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+
     def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit the next offset to read per partition, synchronously.
 
